@@ -1,0 +1,38 @@
+"""Packaging for httprunner: the library, the twistd dropin and the client."""
+
+from setuptools import setup
+
+setup(
+    name="httprunner",
+    version="0.1.0",
+    description="A Twisted daemon that runs whitelisted commands over a small HTTP JSON API",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.11",
+    # "twisted.plugins" is listed so the dropin is installed; there is no
+    # __init__.py in twisted/ or twisted/plugins/ (it would shadow Twisted).
+    packages=["httprunner", "twisted.plugins"],
+    package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
+    install_requires=[
+        "Twisted>=24.7",
+        "klein>=23.12",
+        "treq>=23.11",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["httprunner-client = httprunner.client:main"],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3.11",
+        "Operating System :: POSIX :: Linux",
+    ],
+)
