@@ -1,0 +1,176 @@
+"""The ProcessProtocol collector of one job: pipes -> buffers, exit -> status.
+
+It owns everything that touches the running process: writing and closing
+stdin, collecting both streams into the job's capped buffers, throttling a
+stream that floods past its cap, signalling the job's process group, and
+ending the job when its main process exits (plus a bounded drain).  It
+reports to the runner through the small :class:`ProcessEvents` protocol.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from httprunner.jobs import Job
+
+ExitStatus = ProcessDone | ProcessTerminated
+
+
+class ProcessEvents(Protocol):
+    """What the runner hears from a job's process."""
+
+    def process_output(self, job: Job, fd: int) -> None: ...
+
+    def process_over_cap(self, job: Job) -> None: ...
+
+    def process_ended(self, job: Job, status: ExitStatus) -> None: ...
+
+
+class JobProcessProtocol(ProcessProtocol):
+    """Collect one job's output and exit status.
+
+    Twisted only calls ``processEnded`` once the process is reaped *and*
+    every pipe is closed, so a background grandchild holding stdout would
+    keep the job running forever.  The job ends instead at the main
+    process's exit (``processExited``) plus at most ``drain_timeout``
+    seconds for the pipes to empty; after that they are closed.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        job: Job,
+        events: ProcessEvents,
+        clock: IReactorTime,
+        *,
+        throttle_interval: float = 0.05,
+        drain_timeout: float = 0.5,
+        killpg: Callable[[int, int], None] = os.killpg,
+    ) -> None:
+        self.job = job
+        self.events = events
+        self.clock = clock
+        self.throttle_interval = throttle_interval
+        self.drain_timeout = drain_timeout
+        self.killpg = killpg
+        self.pid: int | None = None
+        self._exit_status: ExitStatus | None = None
+        self._ended = False
+        self._drain: IDelayedCall | None = None
+        # fd -> the call that resumes reading a throttled pipe
+        self._throttled: dict[int, IDelayedCall] = {}
+
+    # -- Twisted's side ---------------------------------------------------
+
+    def connectionMade(self) -> None:
+        # transport.pid is already None in processExited: keep it now.
+        self.pid = self.transport.pid
+        if self.job.stdin:
+            self.transport.write(self.job.stdin)
+        # A job that reads stdin sees EOF instead of hanging.
+        self.transport.closeStdin()
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            buffer = self.job.stdout
+        elif childFD == 2:
+            buffer = self.job.stderr
+        else:
+            return
+        buffer.append(data)
+        self.events.process_output(self.job, childFD)
+        if buffer.over_cap and self._exit_status is None:
+            self.events.process_over_cap(self.job)
+            self._throttle(childFD)
+
+    def processExited(self, reason: Failure) -> None:
+        self._exit_status = reason.value
+        self._resume_all()
+        if self.drain_timeout <= 0:
+            self._close_pipes()
+        else:
+            self._drain = self.clock.callLater(self.drain_timeout, self._close_pipes)
+
+    def processEnded(self, reason: Failure) -> None:
+        # reason is a Failure even for exit 0; pass its value on.
+        if self._exit_status is None:
+            self._exit_status = reason.value
+        self._end()
+
+    # -- the runner's side ----------------------------------------------
+
+    def signal_group(self, signum: int) -> None:
+        """Send ``signum`` to the job's process group (its session).
+
+        Paused pipes are resumed first: a job blocked writing to a pipe we
+        stopped reading would otherwise never see its signal through to an
+        exit we can observe.
+        """
+        self._resume_all()
+        if self.pid is None:
+            return
+        try:
+            # The job leads its own session (setsid), so its pgid is its pid.
+            self.killpg(self.pid, signum)
+        except OSError as e:
+            if e.errno not in (errno.ESRCH, errno.EPERM):
+                raise
+
+    # -- internals ------------------------------------------------------
+
+    def _throttle(self, fd: int) -> None:
+        """Past the cap, read the pipe at a bounded duty cycle.
+
+        Reading is paused and resumed ``throttle_interval`` later for one
+        read (8 KiB): a flooding job blocks on its full pipe and costs the
+        daemon a few wake-ups a second, while a job that writes a few KB/s
+        never fills its pipe and is never slowed.  The tail stays within
+        one pipe buffer of current.
+        """
+        if fd in self._throttled:
+            return
+        pipe = self.transport.pipes.get(fd)
+        if pipe is None:
+            return
+        pipe.stopReading()
+        self._throttled[fd] = self.clock.callLater(self.throttle_interval, self._resume, fd)
+
+    def _resume(self, fd: int) -> None:
+        del self._throttled[fd]
+        pipe = self.transport.pipes.get(fd)
+        if pipe is not None:
+            pipe.startReading()
+
+    def _resume_all(self) -> None:
+        for fd, call in list(self._throttled.items()):
+            call.cancel()
+            self._resume(fd)
+
+    def _close_pipes(self) -> None:
+        """The drain is over: close our ends of the pipes and end the job."""
+        self._drain = None
+        self.transport.loseConnection()
+        self._end()
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._drain is not None:
+            self._drain.cancel()
+            self._drain = None
+        for call in self._throttled.values():
+            call.cancel()
+        self._throttled.clear()
+        assert self._exit_status is not None
+        self.events.process_ended(self.job, self._exit_status)

@@ -1,0 +1,477 @@
+"""The JobRunner service: admission, queue, slots, spawn, timeouts, cancel, shutdown.
+
+The runner turns a validated :class:`JobSpec` into a :class:`Job`, runs it
+when a slot is free (FIFO, at most ``max_running`` at once, at most
+``max_queued`` waiting), and drives it to exactly one terminal state.
+Collaborators are injected (the process reactor, the clock, the monotonic
+clock, the id source, ``killpg``) so unit tests run without processes or
+real time.  Observers hear ``job_started`` and ``job_finished``; per-job
+waiters (long-poll) and output watchers (follow) are kept here too, so a
+job that finished releases all of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import signal
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from httprunner import jobs
+from httprunner.jobs import Job
+from httprunner.process import ExitStatus, JobProcessProtocol
+from httprunner.store import JobStore
+
+#: errors of a momentarily exhausted machine: worth a retry, so 503
+EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
+
+
+class QueueFull(Exception):
+    """No slot and no room in the queue: answer 503 with Retry-After."""
+
+
+class SpawnUnavailable(Exception):
+    """The machine is out of processes, fds or memory: answer 503."""
+
+
+class ShuttingDown(Exception):
+    """The daemon is stopping and takes no new job."""
+
+
+@attrs.frozen
+class JobSpec:
+    """A validated request, resolved by the policy, ready to admit."""
+
+    command: str
+    arguments: list[str]
+    program: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout: float | None = None
+    callback: str | None = None
+    rule: str = ""
+    rule_limit: int | None = None
+
+
+class RunnerObserver(Protocol):
+    def job_started(self, job: Job) -> None: ...
+
+    def job_finished(self, job: Job) -> None: ...
+
+
+@attrs.frozen
+class Settings:
+    max_running: int = 32
+    max_queued: int = 1000
+    max_output: int = 4 * 1024 * 1024
+    kill_grace: float = 5.0
+    kill_on_output_limit: bool = False
+    drain_timeout: float = 0.5
+    throttle_interval: float = 0.05
+
+
+def find_program(program: str, path: str) -> tuple[str | None, str, str]:
+    """Locate ``program`` as ``execvp`` would; return ``(path, errname, message)``.
+
+    A name with a slash is taken as it is; a bare name is searched on the
+    job's ``PATH``.  On failure the path is None and the error names
+    ``ENOENT`` (exit 127) or ``EACCES`` (exit 126), like a shell.
+    """
+    if "/" in program:
+        candidates = [program]
+    else:
+        candidates = [os.path.join(d or ".", program) for d in path.split(os.pathsep)]
+    denied = None
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate, "", ""
+        denied = candidate
+    if denied is not None:
+        return None, "EACCES", "permission denied: %s is not an executable file" % denied
+    if "/" in program:
+        return None, "ENOENT", "no such file: %s" % program
+    return None, "ENOENT", "command not found on PATH: %s" % program
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return "SIG%d" % signum
+
+
+class JobRunner(Service):
+    """Admit, queue, run and finish jobs."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        store: JobStore,
+        settings: Settings,
+        setsid: str,
+        make_id: Callable[[], str] = lambda: secrets.token_hex(20),
+        monotonic: Callable[[], float] = time.monotonic,
+        walltime: Callable[[], float] = time.time,
+        killpg: Callable[[int, int], None] = os.killpg,
+    ) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.settings = settings
+        self.setsid = setsid
+        self.make_id = make_id
+        self.monotonic = monotonic
+        self.walltime = walltime
+        self.killpg = killpg
+        self.observers: list[RunnerObserver] = []
+        self._queue: deque[Job] = deque()
+        self._running: dict[str, _RunningJob] = {}
+        self._per_rule: dict[str, int] = {}
+        self._waiters: dict[str, list[Deferred[Job]]] = {}
+        self._watchers: dict[str, list[Callable[[int], None]]] = {}
+        self._accepting = True
+        self._all_ended: list[Deferred[None]] = []
+
+    # -- counts -------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    @property
+    def queued_count(self) -> int:
+        return len(self._queue)
+
+    # -- admission ----------------------------------------------------
+
+    def submit(self, spec: JobSpec) -> Job:
+        """Admit a job: start it, queue it, or raise QueueFull / ShuttingDown.
+
+        A job that could not even be attempted because the machine is
+        exhausted raises SpawnUnavailable and is not kept.
+        """
+        if not self._accepting:
+            raise ShuttingDown()
+        can_start = self._has_slot(spec.rule, spec.rule_limit)
+        if not can_start and len(self._queue) >= self.settings.max_queued:
+            raise QueueFull()
+        job = Job(
+            job_id=self.make_id(),
+            command=spec.command,
+            arguments=spec.arguments,
+            program=spec.program,
+            args=spec.args,
+            env={**spec.env, "HTTPRUNNER_JOB_ID": ""},
+            created_at=self.walltime(),
+            max_output=self.settings.max_output,
+            callback=spec.callback,
+            cwd=spec.cwd,
+            stdin=spec.stdin,
+            timeout=spec.timeout,
+            rule=spec.rule,
+            rule_limit=spec.rule_limit,
+        )
+        assert job.env is not None
+        job.env["HTTPRUNNER_JOB_ID"] = job.id
+        if can_start:
+            # Spawn before storing: an exhausted machine raises here and
+            # the job is answered 503 instead of being kept as a failure.
+            self._start(job, raise_exhaustion=True)
+            self.store.add(job)
+            if job.finished:
+                self._after_finish(job)
+        else:
+            self.store.add(job)
+            self._queue.append(job)
+            self.log.info("job {job_id} queued ({queued} waiting)", job_id=job.id, queued=len(self._queue))
+        return job
+
+    def _has_slot(self, rule: str, limit: int | None) -> bool:
+        if len(self._running) >= self.settings.max_running:
+            return False
+        return limit is None or self._per_rule.get(rule, 0) < limit
+
+    # -- running ------------------------------------------------------
+
+    def _start(self, job: Job, raise_exhaustion: bool = False) -> None:
+        assert job.env is not None and job.program is not None
+        executable, errname, message = find_program(job.program, job.env.get("PATH", os.defpath))
+        if executable is None:
+            self._spawn_failed(job, errname, message)
+            return
+        if job.cwd is not None and not os.path.isdir(job.cwd):
+            self._spawn_failed(job, "ENOENT", "working directory does not exist: %s" % job.cwd)
+            return
+        protocol = JobProcessProtocol(
+            job,
+            self,
+            self.reactor,
+            throttle_interval=self.settings.throttle_interval,
+            drain_timeout=self.settings.drain_timeout,
+            killpg=self.killpg,
+        )
+        started = self.monotonic()
+        try:
+            # setsid makes the job lead its own session and process group,
+            # so a signal to the group reaches every process it started.
+            self.reactor.spawnProcess(
+                protocol,
+                self.setsid,
+                [self.setsid, executable, *job.args],
+                env=job.env,
+                path=job.cwd,
+            )
+        except OSError as e:
+            if raise_exhaustion and e.errno in EXHAUSTION_ERRNOS:
+                self.log.warn("job {job_id} not started: {error}", job_id=job.id, error=str(e))
+                raise SpawnUnavailable(os.strerror(e.errno or 0)) from e
+            name = errno.errorcode.get(e.errno or 0, "ESPAWN")
+            self._spawn_failed(job, name, "could not start the command: %s" % (e.strerror or e))
+            return
+        except (ValueError, UnicodeError) as e:
+            self._spawn_failed(job, "EINVAL", "could not start the command: %s" % e)
+            return
+        job.state = jobs.RUNNING
+        job.pid = protocol.pid
+        job.started_at = self.walltime()
+        running = _RunningJob(job, protocol, started)
+        self._running[job.id] = running
+        self._per_rule[job.rule] = self._per_rule.get(job.rule, 0) + 1
+        if job.timeout is not None:
+            running.deadline = started + job.timeout
+            self._schedule_deadline(running)
+        self.log.info(
+            "job {job_id} started: {argv} (pid {pid})",
+            job_id=job.id,
+            argv=[executable, *job.args],
+            pid=job.pid,
+            spawn_seconds=self.monotonic() - started,
+        )
+        for observer in self.observers:
+            observer.job_started(job)
+
+    def _spawn_failed(self, job: Job, errname: str, message: str) -> None:
+        job.state = jobs.SPAWN_FAILED
+        job.code = 126 if errname == "EACCES" else 127
+        job.err = {"code": errname, "message": message}
+        job.finished_at = self.walltime()
+        self.log.warn("job {job_id} could not start: {message}", job_id=job.id, message=message, code=job.code)
+
+    def _schedule_deadline(self, running: _RunningJob) -> None:
+        # reactor.callLater runs on wall-clock time; the deadline is on the
+        # monotonic clock, checked again when the call fires (a clock step
+        # forward cannot end a job early, one backward delays it <= 60 s).
+        assert running.deadline is not None
+        remaining = running.deadline - self.monotonic()
+        if remaining <= 0:
+            running.timer = None
+            self._terminate(running, "TIMEOUT", "the job ran longer than its %gs timeout" % running.job.timeout)
+            return
+        running.timer = self.reactor.callLater(min(remaining, 60.0), self._schedule_deadline, running)
+
+    def _terminate(self, running: _RunningJob, reason: str, message: str) -> None:
+        """TERM the job's group now, KILL it after the grace period."""
+        if running.kill_reason is not None:
+            return
+        running.kill_reason = (reason, message)
+        if running.timer is not None:
+            running.timer.cancel()
+            running.timer = None
+        grace = self.settings.kill_grace
+        self.log.info("job {job_id} terminating: {reason}", job_id=running.job.id, reason=reason, grace=grace)
+        if grace <= 0:
+            running.protocol.signal_group(signal.SIGKILL)
+            return
+        running.protocol.signal_group(signal.SIGTERM)
+        running.timer = self.reactor.callLater(grace, self._kill, running)
+
+    def _kill(self, running: _RunningJob) -> None:
+        running.timer = None
+        self.log.warn("job {job_id} ignored SIGTERM: killing its process group", job_id=running.job.id)
+        running.protocol.signal_group(signal.SIGKILL)
+
+    # -- ProcessEvents ------------------------------------------------
+
+    def process_output(self, job: Job, fd: int) -> None:
+        watchers = self._watchers.get(job.id)
+        if watchers:
+            for watcher in list(watchers):
+                watcher(fd)
+
+    def process_over_cap(self, job: Job) -> None:
+        if self.settings.kill_on_output_limit:
+            running = self._running.get(job.id)
+            if running is not None:
+                self._terminate(running, "OUTPUT_LIMIT", "the job wrote more than the output limit")
+
+    def process_ended(self, job: Job, status: ExitStatus) -> None:
+        running = self._running.pop(job.id)
+        self._per_rule[job.rule] -= 1
+        if running.timer is not None:
+            running.timer.cancel()
+            running.timer = None
+        if running.kill_reason is not None:
+            # Whatever of the group survived TERM dies with the job.
+            running.protocol.signal_group(signal.SIGKILL)
+        exit_code = getattr(status, "exitCode", 0)
+        signum = getattr(status, "signal", None)
+        job.signal = None if signum is None else _signal_name(signum)
+        job.code = 128 + signum if signum is not None else (exit_code or 0)
+        if running.kill_reason is not None:
+            reason, message = running.kill_reason
+            job.state = {"TIMEOUT": jobs.TIMED_OUT, "OUTPUT_LIMIT": jobs.FAILED}.get(reason, jobs.CANCELED)
+            job.err = {"code": reason, "message": message}
+        elif signum is not None:
+            job.state = jobs.FAILED
+            job.err = {"code": "SIGNAL", "message": "the job was killed by %s" % job.signal}
+        else:
+            job.state = jobs.SUCCEEDED if job.code == 0 else jobs.FAILED
+        job.finished_at = self.walltime()
+        job.duration = self.monotonic() - running.started
+        self.log.info(
+            "job {job_id} ended: {state}, code {code} in {duration:.3f}s",
+            job_id=job.id,
+            state=job.state,
+            code=job.code,
+            signal=job.signal,
+            pid=job.pid,
+            duration=job.duration,
+            stdout_bytes=job.stdout.total,
+            stderr_bytes=job.stderr.total,
+        )
+        self._after_finish(job)
+        self._start_queued()
+
+    # -- finishing ----------------------------------------------------
+
+    def _after_finish(self, job: Job) -> None:
+        job.release_request()
+        for observer in self.observers:
+            observer.job_finished(job)
+        self.store.finished(job)
+        for waiter in self._waiters.pop(job.id, ()):
+            waiter.callback(job)
+        for watcher in self._watchers.pop(job.id, ()):
+            watcher(0)
+        if not self._running and self._all_ended:
+            waiting, self._all_ended = self._all_ended, []
+            for d in waiting:
+                d.callback(None)
+
+    def _start_queued(self) -> None:
+        if not self._accepting:
+            return
+        for job in list(self._queue):
+            if len(self._running) >= self.settings.max_running:
+                return
+            if self._has_slot(job.rule, job.rule_limit):
+                self._queue.remove(job)
+                self._start(job)
+                if job.finished:
+                    self._after_finish(job)
+
+    # -- control ------------------------------------------------------
+
+    def cancel(self, job: Job) -> bool:
+        """Cancel a queued or running job; False if it already finished."""
+        if job.finished:
+            return False
+        if job.state == jobs.QUEUED:
+            self._queue.remove(job)
+            self._end_unstarted(job, "CANCELED", "canceled before it started")
+            return True
+        running = self._running[job.id]
+        self._terminate(running, "CANCELED", "canceled by request")
+        return True
+
+    def _end_unstarted(self, job: Job, reason: str, message: str) -> None:
+        job.state = jobs.CANCELED
+        job.code = 128 + signal.SIGTERM
+        job.err = {"code": reason, "message": message}
+        job.finished_at = self.walltime()
+        self.log.info("job {job_id} canceled while queued", job_id=job.id)
+        self._after_finish(job)
+
+    def when_finished(self, job: Job) -> Deferred[Job]:
+        """A new Deferred that fires with ``job`` when it reaches its end."""
+        if job.finished:
+            return succeed(job)
+        waiters = self._waiters.setdefault(job.id, [])
+
+        def forget(d: Deferred[Job]) -> None:
+            if d in waiters:
+                waiters.remove(d)
+
+        d: Deferred[Job] = Deferred(forget)
+        waiters.append(d)
+        return d
+
+    def watch_output(self, job: Job, watcher: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``watcher(fd)`` on each chunk of output, ``watcher(0)`` at the end.
+
+        Returns the function that stops watching.
+        """
+        watchers = self._watchers.setdefault(job.id, [])
+        watchers.append(watcher)
+
+        def unwatch() -> None:
+            if watcher in watchers:
+                watchers.remove(watcher)
+            if not watchers and self._watchers.get(job.id) is watchers:
+                del self._watchers[job.id]
+
+        return unwatch
+
+    # -- IService -----------------------------------------------------
+
+    def stopService(self) -> Deferred[None]:
+        """Stop taking jobs, cancel the queue, end every running job.
+
+        Running jobs get TERM, then KILL after the grace period; the
+        Deferred fires once every one of them has ended.
+        """
+        super().stopService()
+        self._accepting = False
+        while self._queue:
+            self._end_unstarted(self._queue.popleft(), "CANCELED", "the daemon shut down before it started")
+        if not self._running:
+            return succeed(None)
+        self.log.info("shutting down: stopping {count} running jobs", count=len(self._running))
+        for running in list(self._running.values()):
+            self._terminate(running, "CANCELED", "the daemon shut down")
+        d: Deferred[None] = Deferred()
+        self._all_ended.append(d)
+        return d
+
+
+class _RunningJob:
+    """What the runner keeps about a job while its process runs."""
+
+    __slots__ = ("job", "protocol", "started", "deadline", "timer", "kill_reason")
+
+    def __init__(self, job: Job, protocol: JobProcessProtocol, started: float) -> None:
+        self.job = job
+        self.protocol = protocol
+        self.started = started
+        self.deadline: float | None = None
+        self.timer: IDelayedCall | None = None
+        self.kill_reason: tuple[str, str] | None = None

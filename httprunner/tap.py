@@ -1,0 +1,354 @@
+"""The command line: ``Options`` -> validated settings; ``makeService``.
+
+Everything is parsed and checked in :class:`Options`, so a bad value is a
+one-line usage error before anything starts.  :func:`makeService` only
+composes the services; it imports the global reactor only when none is
+given (tests pass a ``MemoryReactor``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
+from twisted.logger import Logger
+from twisted.python import usage
+
+from httprunner import __version__
+from httprunner.api import JobAPI, Limits
+from httprunner.guard import ConfigError as GuardConfigError
+from httprunner.guard import GuardedResource, HostPolicy, TokenFile, install_reload_on_sighup, is_local_endpoint
+from httprunner.notify import CallbackGuard, Notifier, load_callback_secret
+from httprunner.policy import ConfigError, Policy
+from httprunner.runner import JobRunner, Settings
+from httprunner.site import make_site
+from httprunner.store import MemoryJobStore
+
+log = Logger(namespace="httprunner")
+
+_SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
+
+
+class StartupError(Exception):
+    """A refusal to start: reported in one line, without a traceback."""
+
+
+def parse_size(text: str) -> int:
+    """``4194304``, ``4M``, ``64K``, ``1G`` (binary multiples) -> bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(text)
+    return int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+
+
+def _number(name: str, text: str, *, kind: Callable[[str], Any] = float, minimum: float = 0, maximum: float | None = None) -> Any:
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise usage.UsageError("--%s: %r is not a %s" % (name, text, "whole number" if kind is int else "number")) from None
+    if value != value or value < minimum or (maximum is not None and value > maximum) or value == float("inf"):
+        bound = ">= %s" % minimum if maximum is None else "between %s and %s" % (minimum, maximum)
+        raise usage.UsageError("--%s: %r is out of range (must be %s)" % (name, text, bound))
+    return value
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Run commands on request over a small HTTP JSON API. "
+        "Without --whitelist or --policy ANY command may run: only do that on a trusted, local listener."
+    )
+
+    optFlags = [
+        ["allow-root", None, "Run even as uid 0 (otherwise use twistd --uid/--gid)."],
+        ["allow-anonymous", None, "Listen on a non-loopback address without --token-file."],
+    ]
+    optParameters = [
+        ["port", "p", None, "TCP port to listen on (default 9000)."],
+        ["interface", "i", None, "Address to listen on (default 127.0.0.1)."],
+        ["whitelist", "w", None, "Comma-separated commands that may run (exact names or absolute paths)."],
+        ["policy", None, None, "TOML policy file with per-command rules."],
+        ["max-jobs", "n", "100", "Finished jobs kept in memory (oldest evicted first)."],
+        ["max-running", None, "32", "Jobs running at once."],
+        ["max-queued", None, "1000", "Jobs waiting for a slot (0: no queue); beyond it 503."],
+        ["timeout", None, "0", "Default job timeout in seconds (0: none)."],
+        ["max-timeout", None, "0", "Largest timeout a job may have, in seconds (0: no ceiling)."],
+        ["kill-grace", None, "5", "Seconds between TERM and KILL."],
+        ["max-output", None, "4M", "Bytes of output kept per stream (head + tail), K/M/G suffixes."],
+        ["on-output-limit", None, "truncate", "truncate (keep running, drop the middle) or kill."],
+        ["max-body", None, "64K", "Largest request body."],
+        ["max-wait", None, "300", "Longest long-poll (?wait=) in seconds."],
+        ["request-timeout", None, "30", "Seconds a client has to send a whole request."],
+        ["max-connections", None, "1024", "Open HTTP connections in all."],
+        ["max-connections-per-peer", None, "128", "Open HTTP connections per client address."],
+        ["token-file", None, None, "File of bearer tokens, one per line (re-read on SIGHUP)."],
+        ["callback-secret-file", None, None, "Secret for signing callbacks (Standard Webhooks)."],
+        ["callback-attempts", None, "3", "Attempts per callback."],
+        ["callback-timeout", None, "10", "Seconds per callback attempt."],
+        ["max-callbacks-in-flight", None, "32", "Callback deliveries at once."],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["pass_env"] = []
+        self["allow_env"] = []
+        self["allowed_host"] = []
+        self["allowed_origin"] = []
+        self["callback_allow"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on a Twisted endpoint (tcp:, tcp6:, ssl:, unix:, systemd:); repeatable."""
+        try:
+            serverFromString(MemoryReactor(), description)
+        except Exception as e:
+            raise usage.UsageError("--listen %r: %s" % (description, e)) from None
+        self["listen"].append(description)
+
+    def opt_pass_env(self, name: str) -> None:
+        """Pass this daemon environment variable to jobs; repeatable."""
+        self["pass_env"].append(name)
+
+    def opt_allow_env(self, name: str) -> None:
+        """Let requests set this environment variable; repeatable."""
+        self["allow_env"].append(name)
+
+    def opt_allowed_host(self, name: str) -> None:
+        """Accept this Host header name (DNS rebinding defence); repeatable."""
+        self["allowed_host"].append(name)
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Accept requests from this browser Origin; repeatable."""
+        self["allowed_origin"].append(origin)
+
+    def opt_callback_allow(self, target: str) -> None:
+        """Allow callbacks to this host or CIDR; repeatable."""
+        self["callback_allow"].append(target)
+
+    def opt_version(self) -> None:
+        print("httprunner", __version__)
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        self["max_jobs"] = _number("max-jobs", self["max-jobs"], kind=int, minimum=1)
+        self["max_running"] = _number("max-running", self["max-running"], kind=int, minimum=1)
+        self["max_queued"] = _number("max-queued", self["max-queued"], kind=int, minimum=0)
+        self["timeout_s"] = _number("timeout", self["timeout"])
+        self["max_timeout"] = _number("max-timeout", self["max-timeout"])
+        if self["max_timeout"] and self["timeout_s"] > self["max_timeout"]:
+            raise usage.UsageError("--timeout %s is over --max-timeout %s" % (self["timeout"], self["max-timeout"]))
+        self["kill_grace"] = _number("kill-grace", self["kill-grace"])
+        self["max_wait"] = _number("max-wait", self["max-wait"])
+        self["request_timeout"] = _number("request-timeout", self["request-timeout"], minimum=0.001)
+        self["max_connections"] = _number("max-connections", self["max-connections"], kind=int, minimum=1)
+        self["max_connections_per_peer"] = _number(
+            "max-connections-per-peer", self["max-connections-per-peer"], kind=int, minimum=1
+        )
+        self["callback_attempts"] = _number("callback-attempts", self["callback-attempts"], kind=int, minimum=1)
+        self["callback_timeout"] = _number("callback-timeout", self["callback-timeout"], minimum=0.001)
+        self["max_callbacks"] = _number("max-callbacks-in-flight", self["max-callbacks-in-flight"], kind=int, minimum=1)
+        for name in ("max-output", "max-body"):
+            try:
+                self[name.replace("-", "_")] = parse_size(self[name])
+            except ValueError:
+                raise usage.UsageError("--%s: %r is not a size (like 4194304, 64K, 4M)" % (name, self[name])) from None
+            if self[name.replace("-", "_")] < 1:
+                raise usage.UsageError("--%s must be at least 1 byte" % name)
+        if self["on-output-limit"] not in ("truncate", "kill"):
+            raise usage.UsageError("--on-output-limit must be truncate or kill, not %r" % self["on-output-limit"])
+        self["endpoints"] = self._endpoints()
+        setsid = shutil.which("setsid")
+        if setsid is None:
+            raise usage.UsageError("the setsid program (util-linux) is needed to give each job its own process group")
+        self["setsid"] = setsid
+        whitelist = None
+        if self["whitelist"] is not None:
+            whitelist = [name.strip() for name in self["whitelist"].split(",") if name.strip()]
+            if not whitelist:
+                raise usage.UsageError("--whitelist is empty")
+        try:
+            self["policy_obj"] = Policy.from_options(
+                whitelist=whitelist,
+                policy_file=self["policy"],
+                pass_env=self["pass_env"],
+                allow_env=self["allow_env"],
+            )
+            self["tokens"] = TokenFile(self["token-file"]) if self["token-file"] else None
+            self["hosts"] = HostPolicy.from_listeners(
+                self["endpoints"], self["allowed_host"], self["allowed_origin"]
+            )
+            self["callback_guard"] = CallbackGuard(self["callback_allow"])
+            secret_file = self["callback-secret-file"]
+            self["callback_secret"] = load_callback_secret(secret_file) if secret_file else None
+        except (ConfigError, GuardConfigError, ValueError, OSError) as e:
+            raise usage.UsageError(str(e)) from None
+        if self["tokens"] is None and not self["allow-anonymous"]:
+            public = [e for e in self["endpoints"] if not is_local_endpoint(e)]
+            if public:
+                raise usage.UsageError(
+                    "refusing to listen on %s without --token-file: anyone who can reach it could run commands "
+                    "(give --token-file FILE, or --allow-anonymous if that is really intended)" % ", ".join(public)
+                )
+
+    def _endpoints(self) -> list[str]:
+        endpoints = list(self["listen"])
+        if not endpoints or self["port"] is not None or self["interface"] is not None:
+            port = _number("port", self["port"] or "9000", kind=int, minimum=0, maximum=65535)
+            interface = self["interface"] or "127.0.0.1"
+            if ":" in interface:
+                endpoints.append("tcp6:port=%d:interface=%s" % (port, interface.replace(":", "\\:")))
+            else:
+                endpoints.append("tcp:port=%d:interface=%s" % (port, interface))
+            try:
+                serverFromString(MemoryReactor(), endpoints[-1])
+            except Exception as e:
+                raise usage.UsageError("--interface %r: %s" % (interface, e)) from None
+        return endpoints
+
+
+class DaemonService(MultiService):
+    """The top service: refuses to start in one line instead of a traceback.
+
+    twistd binds listeners in ``privilegedStartService`` (before dropping
+    privileges) and runs ``startService`` after, so the root check lives
+    in ``startService``: it sees the uid the daemon really runs as.
+    """
+
+    def __init__(self, *, allow_root: bool, warnings: list[str], endpoints: list[str]) -> None:
+        super().__init__()
+        self.allow_root = allow_root
+        self.warnings = warnings
+        self.endpoints = endpoints
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except CannotListenError as e:
+            raise _refuse("cannot listen on %s:%s: %s" % (e.interface or "*", e.port, e.socketError)) from None
+
+    def startService(self) -> None:
+        if os.getuid() == 0 and not self.allow_root:
+            raise _refuse(
+                "refusing to run as root: use twistd --uid/--gid to drop privileges, or --allow-root"
+            )
+        for warning in self.warnings:
+            log.warn("{warning}", warning=warning)
+        super().startService()
+        log.info("httprunner {version} listening on {endpoints}", version=__version__, endpoints=self.endpoints)
+
+
+def _refuse(message: str) -> StartupError:
+    log.critical("{message}", message=message)
+    return StartupError(message)
+
+
+def _quiet_startup_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
+    """An excepthook that prints a StartupError as one line, no traceback."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if isinstance(value, StartupError):
+            sys.stderr.write("httprunner: %s\n" % value)
+        else:
+            previous(kind, value, tb)
+
+    return hook
+
+
+class _Shutdown(Service):
+    """Gives pending callbacks a bounded moment after the jobs ended."""
+
+    def __init__(self, notifier: Notifier, grace: float) -> None:
+        self.notifier = notifier
+        self.grace = grace
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.notifier.stop(grace=self.grace)
+
+
+def makeService(options: Options, reactor: Any = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    sys.excepthook = _quiet_startup_errors(sys.excepthook)
+    policy = options["policy_obj"]
+    store = MemoryJobStore(options["max_jobs"])
+    runner = JobRunner(
+        reactor=reactor,
+        store=store,
+        setsid=options["setsid"],
+        settings=Settings(
+            max_running=options["max_running"],
+            max_queued=options["max_queued"],
+            max_output=options["max_output"],
+            kill_grace=options["kill_grace"],
+            kill_on_output_limit=options["on-output-limit"] == "kill",
+        ),
+    )
+    notifier = Notifier(
+        reactor,
+        guard=options["callback_guard"],
+        secret=options["callback_secret"],
+        attempts=options["callback_attempts"],
+        timeout=options["callback_timeout"],
+        max_in_flight=options["max_callbacks"],
+    )
+    runner.observers.append(notifier_observer(notifier))
+    api = JobAPI(
+        runner=runner,
+        store=store,
+        policy=policy,
+        callback_guard=options["callback_guard"],
+        limits=Limits(
+            default_timeout=options["timeout_s"] or None,
+            max_timeout=options["max_timeout"] or None,
+            max_wait=options["max_wait"],
+        ),
+    )
+    resource = GuardedResource(api.resource(), tokens=options["tokens"], hosts=options["hosts"])
+    site = make_site(
+        resource,
+        reactor=reactor,
+        max_body=options["max_body"],
+        request_timeout=options["request_timeout"],
+        max_connections=options["max_connections"],
+        max_connections_per_peer=options["max_connections_per_peer"],
+    )
+    top = DaemonService(allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"])
+    # MultiService stops children in reverse order: listeners first (stop
+    # accepting), then the runner (end the jobs), then pending callbacks.
+    _Shutdown(notifier, grace=5.0).setServiceParent(top)
+    runner.setServiceParent(top)
+    if options["tokens"] is not None:
+        install_reload_on_sighup(reactor, options["tokens"])
+    for description in options["endpoints"]:
+        strports.service(description, site, reactor=reactor).setServiceParent(top)
+    return top
+
+
+def notifier_observer(notifier: Notifier) -> Any:
+    """Send a job's callback when it reaches its terminal state."""
+    from httprunner.notify import CallbackDelivery
+
+    class CallbackOnFinish:
+        def job_started(self, job: Any) -> None:
+            pass
+
+        def job_finished(self, job: Any) -> None:
+            if job.callback is None:
+                return
+            delivery = CallbackDelivery()
+            job.callback_delivery = delivery
+            notifier.deliver(job.id, job.callback, job.to_json_bytes(), delivery)
+
+    return CallbackOnFinish()
