@@ -35,6 +35,8 @@ def json_response(request: IRequest, status: int, body: bytes) -> bytes:
     """Set status and JSON content type on ``request``; return ``body``."""
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", JSON_TYPE)
+    # A known length spares the chunked framing (and suits the seed's clients).
+    request.setHeader(b"Content-Length", b"%d" % len(body))
     return body
 
 

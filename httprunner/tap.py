@@ -26,7 +26,13 @@ from twisted.python import usage
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
 from httprunner.guard import ConfigError as GuardConfigError
-from httprunner.guard import GuardedResource, HostPolicy, TokenFile, install_reload_on_sighup, is_local_endpoint
+from httprunner.guard import (
+    GuardedResource,
+    HostPolicy,
+    TokenFile,
+    install_reload_on_sighup,
+    refuse_anonymous_exposure,
+)
 from httprunner.notify import CallbackGuard, Notifier, load_callback_secret
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
@@ -189,15 +195,11 @@ class Options(usage.Options):
             self["callback_guard"] = CallbackGuard(self["callback_allow"])
             secret_file = self["callback-secret-file"]
             self["callback_secret"] = load_callback_secret(secret_file) if secret_file else None
+            refuse_anonymous_exposure(
+                self["endpoints"], has_tokens=self["tokens"] is not None, allow_anonymous=self["allow-anonymous"]
+            )
         except (ConfigError, GuardConfigError, ValueError, OSError) as e:
             raise usage.UsageError(str(e)) from None
-        if self["tokens"] is None and not self["allow-anonymous"]:
-            public = [e for e in self["endpoints"] if not is_local_endpoint(e)]
-            if public:
-                raise usage.UsageError(
-                    "refusing to listen on %s without --token-file: anyone who can reach it could run commands "
-                    "(give --token-file FILE, or --allow-anonymous if that is really intended)" % ", ".join(public)
-                )
 
     def _endpoints(self) -> list[str]:
         endpoints = list(self["listen"])
