@@ -111,8 +111,13 @@ class JobAPI:
         )
 
     def _timeout(self, requested: float | None, rule_default: float | None, rule_max: float | None) -> float | None:
-        ceilings = [c for c in (self.limits.max_timeout, rule_max) if c]
-        ceiling = min(ceilings) if ceilings else None
+        """The effective timeout: request, else policy default, else server default.
+
+        A policy command's own ``max_timeout`` replaces the server's
+        ``--max-timeout`` (a backup may be allowed hours where the default
+        ceiling is minutes); a request over the ceiling is refused.
+        """
+        ceiling = rule_max or self.limits.max_timeout
         if requested is not None and ceiling is not None and requested > ceiling:
             raise RequestError("timeout %g is over the maximum of %g seconds" % (requested, ceiling))
         effective = requested or rule_default or self.limits.default_timeout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
@@ -10,10 +11,23 @@ from zope.interface import implementer
 
 
 class FakePipe:
-    """A ProcessReader stand-in that remembers whether it is reading."""
+    """A ProcessReader stand-in that remembers whether it is reading.
+
+    Its descriptor is the read end of a real pipe, so tests can play the
+    job's side by writing to ``writer``.
+    """
 
     def __init__(self) -> None:
         self.reading = True
+        self.fd, self.writer = os.pipe()
+        os.set_blocking(self.fd, False)
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.writer)
 
     def stopReading(self) -> None:
         self.reading = False

@@ -8,6 +8,7 @@ time, so timeouts and kill escalation are checked without sleeping.
 from __future__ import annotations
 
 import errno
+import os
 import signal
 from typing import Any
 
@@ -22,6 +23,23 @@ from httprunner.runner import JobRunner, JobSpec, QueueFull, Settings, ShuttingD
 from httprunner.store import MemoryJobStore
 
 from .fakes import FakeProcessReactor
+
+
+@pytest.fixture(autouse=True)
+def close_fake_pipes(monkeypatch: Any) -> Any:
+    from . import fakes
+
+    pipes: list[Any] = []
+    original = fakes.FakePipe.__init__
+
+    def remember(self: Any) -> None:
+        original(self)
+        pipes.append(self)
+
+    monkeypatch.setattr(fakes.FakePipe, "__init__", remember)
+    yield
+    for pipe in pipes:
+        pipe.close()
 
 
 @pytest.fixture
@@ -233,7 +251,7 @@ def test_running_jobs_are_never_evicted(program: str) -> None:
     assert [j.id for j in done if h.store.get(j.id)] == [done[-2].id, done[-1].id]
 
 
-def test_output_past_cap_is_read_at_a_bounded_duty_cycle(program: str) -> None:
+def test_output_past_cap_is_drained_at_a_bounded_duty_cycle(program: str) -> None:
     h = Harness(program, max_output=100, throttle_interval=0.05)
     job = h.submit()
     t = h.transport(job)
@@ -242,15 +260,31 @@ def test_output_past_cap_is_read_at_a_bounded_duty_cycle(program: str) -> None:
     t.proto.childDataReceived(1, b"y" * 60)
     assert job.stdout.dropped == 20 and not t.pipes[1].reading
     assert t.pipes[2].reading, "only the flooding stream is throttled"
-    h.reactor.advance(0.05)
-    assert t.pipes[1].reading
-    t.proto.childDataReceived(1, b"z" * 10)
+    # what the job writes meanwhile waits in the pipe until the next tick
+    os.write(t.pipes[1].writer, b"z" * 5000)
+    h.reactor.advance(0.049)
+    assert job.stdout.total == 120
+    h.reactor.advance(0.001)
+    assert job.stdout.total == 5120 and job.stdout.text().endswith("z" * 50)
     assert not t.pipes[1].reading
-    # a kill resumes the paused pipe first, or the job could never exit
+    # a kill hands the pipe back to Twisted first, or the job could never end
     h.runner.cancel(job)
     assert t.pipes[1].reading
     h.exit(job, sig=signal.SIGTERM)
     assert h.reactor.getDelayedCalls() == []
+
+
+def test_throttled_pipe_at_end_of_file_is_handed_back(program: str) -> None:
+    h = Harness(program, max_output=10, throttle_interval=0.05)
+    job = h.submit()
+    t = h.transport(job)
+    t.proto.childDataReceived(1, b"x" * 20)
+    os.write(t.pipes[1].writer, b"tail")
+    os.close(t.pipes[1].writer)
+    t.pipes[1].writer = os.open(os.devnull, os.O_WRONLY)
+    h.reactor.advance(0.05)
+    assert t.pipes[1].reading and job.stdout.text().endswith("xtail")
+    h.exit(job)
 
 
 def test_on_output_limit_kill_ends_the_job(program: str) -> None:
@@ -271,8 +305,8 @@ def test_job_ends_at_main_exit_plus_bounded_drain(program: str) -> None:
     t.proto.processExited(Failure(ProcessDone(0)))
     assert job.state == jobs.RUNNING
     h.reactor.advance(0.5)
-    assert t.lost and job.state == jobs.SUCCEEDED
-    t.proto.processEnded(Failure(ProcessDone(0)))  # later: no second finish
+    assert t.lost, "the pipes are closed once the drain time is over"
+    t.proto.processEnded(Failure(ProcessDone(0)))  # which Twisted follows with
     assert job.state == jobs.SUCCEEDED
     assert h.reactor.getDelayedCalls() == []
 

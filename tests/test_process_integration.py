@@ -1,0 +1,216 @@
+"""Integration tests of the runner with real processes on the real reactor.
+
+Each spawn test runs twice: with the job's cwd unset (Twisted spawns with
+``posix_spawnp``) and set (Twisted forks), since the two paths report
+failures differently.  Liveness of leftover processes is read from
+``/proc/<pid>/stat`` because ``kill(pid, 0)`` succeeds on zombies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+
+from httprunner import jobs
+from httprunner.policy import default_environment
+from httprunner.runner import JobRunner, JobSpec, Settings
+from httprunner.store import MemoryJobStore
+
+SH = shutil.which("sh") or "/bin/sh"
+SETSID = shutil.which("setsid") or "/usr/bin/setsid"
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+@pytest.fixture(params=[None, "cwd"], ids=["posix_spawn", "fork"])
+def cwd(request: Any, tmp_path: Path) -> str | None:
+    return None if request.param is None else str(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def warm_reactor() -> None:
+    """The reactor opens its SIGCHLD waker at the first spawn: do it now."""
+    pytest_twisted.blockon(run(JobRunner(reactor=reactor, store=MemoryJobStore(1), setsid=SETSID, settings=Settings()), "true"))
+
+
+@pytest.fixture
+def runner(warm_reactor: None) -> Iterator[JobRunner]:
+    fds = open_fds()
+    r = JobRunner(
+        reactor=reactor,
+        store=MemoryJobStore(1000),
+        setsid=SETSID,
+        settings=Settings(max_running=64, kill_grace=0.5, max_output=4 << 20),
+    )
+    yield r
+    assert r.running_count == 0, "a test left a job running"
+    assert open_fds() <= fds, "a test leaked file descriptors"
+
+
+def run(r: JobRunner, program: str, *args: str, cwd: str | None = None, **fields: Any) -> Deferred[jobs.Job]:
+    env = fields.pop("env", None) or default_environment(os.environ)
+    job = r.submit(JobSpec(command=program, arguments=list(args), program=program, args=args, env=env, cwd=cwd, **fields))
+    return r.when_finished(job)
+
+
+@pytest.mark.parametrize("code", [0, 1, 42, 255])
+@pytest_twisted.inlineCallbacks
+def test_exit_codes(runner: JobRunner, cwd: str | None, code: int) -> Any:
+    job = yield run(runner, SH, "-c", "echo out; echo err >&2; exit %d" % code, cwd=cwd)
+    assert (job.code, job.stdout.text(), job.stderr.text()) == (code, "out\n", "err\n")
+    assert job.state == (jobs.SUCCEEDED if code == 0 else jobs.FAILED)
+    assert job.err is None and job.pid and job.duration > 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_killed_by_a_signal_we_did_not_send(runner: JobRunner, cwd: str | None) -> Any:
+    job = yield run(runner, SH, "-c", "kill -9 $$", cwd=cwd)
+    assert (job.state, job.code, job.signal, job.err["code"]) == (jobs.FAILED, 137, "SIGKILL", "SIGNAL")
+
+
+@pytest_twisted.inlineCallbacks
+def test_missing_and_non_executable_programs(runner: JobRunner, cwd: str | None, tmp_path: Path) -> Any:
+    missing = yield run(runner, "/nonexistent/prog", cwd=cwd)
+    assert (missing.state, missing.code, missing.err["code"]) == (jobs.SPAWN_FAILED, 127, "ENOENT")
+    plain = tmp_path / "plain.sh"
+    plain.write_text("echo hi\n")
+    denied = yield run(runner, str(plain), cwd=cwd)
+    assert (denied.state, denied.code, denied.err["code"]) == (jobs.SPAWN_FAILED, 126, "EACCES")
+    unknown = yield run(runner, "no-such-command-here", cwd=cwd)
+    assert unknown.code == 127 and "not found" in unknown.err["message"]
+
+
+@pytest_twisted.inlineCallbacks
+def test_one_mebibyte_on_each_stream(runner: JobRunner, cwd: str | None) -> Any:
+    job = yield run(runner, SH, "-c", "head -c 1048576 /dev/zero; head -c 1048576 /dev/zero >&2", cwd=cwd)
+    assert (job.stdout.total, job.stderr.total, job.stdout.dropped) == (1 << 20, 1 << 20, 0)
+    assert job.stdout.text() == "\0" * (1 << 20)
+
+
+@pytest_twisted.inlineCallbacks
+def test_multibyte_text_survives_pipe_reads(runner: JobRunner, tmp_path: Path) -> Any:
+    text = "zażółć gęślą jaźń — ✓ 日本語 🎉\n" * 30_000  # ~1.4 MB, chunked at arbitrary bytes
+    source = tmp_path / "text"
+    source.write_text(text, encoding="utf-8")
+    job = yield run(runner, "cat", str(source))
+    assert job.stdout.total == len(text.encode()) and job.stdout.text() == text
+    assert "\ufffd" not in job.stdout.text()
+
+
+@pytest_twisted.inlineCallbacks
+def test_stdin_is_eof_or_the_given_text(runner: JobRunner) -> Any:
+    empty = yield run(runner, "cat")
+    assert (empty.state, empty.stdout.text()) == (jobs.SUCCEEDED, "")
+    fed = yield run(runner, "cat", stdin=b"line 1\nline 2\n")
+    assert fed.stdout.text() == "line 1\nline 2\n"
+
+
+@pytest_twisted.inlineCallbacks
+def test_environment_is_explicit(runner: JobRunner, monkeypatch: Any) -> Any:
+    monkeypatch.setenv("HTTPRUNNER_TEST_SECRET", "hunter2")
+    job = yield run(runner, "env", env=default_environment(os.environ))
+    names = {line.split("=", 1)[0] for line in job.stdout.text().splitlines()}
+    assert "HTTPRUNNER_TEST_SECRET" not in names and "hunter2" not in job.stdout.text()
+    assert "HTTPRUNNER_JOB_ID=%s" % job.id in job.stdout.text().splitlines()
+    assert "PATH" in names
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_grandchild_holding_stdout_does_not_keep_the_job_running(runner: JobRunner, tmp_path: Path) -> Any:
+    pidfile = tmp_path / "bg.pid"
+    started = time.monotonic()
+    job = yield run(runner, SH, "-c", "sleep 30 & echo $! > %s; echo started" % pidfile)
+    try:
+        assert job.state == jobs.SUCCEEDED and job.stdout.text() == "started\n"
+        assert time.monotonic() - started < 10
+    finally:
+        os.kill(int(pidfile.read_text()), signal.SIGKILL)
+
+
+@pytest_twisted.inlineCallbacks
+def test_timeout_kills_the_whole_group(runner: JobRunner, cwd: str | None, tmp_path: Path) -> Any:
+    pidfile = tmp_path / "grandchild.pid"
+    job = yield run(runner, SH, "-c", "sleep 60 & echo $! > %s; wait" % pidfile, cwd=cwd, timeout=0.5)
+    assert (job.state, job.err["code"], job.signal, job.code) == (jobs.TIMED_OUT, "TIMEOUT", "SIGTERM", 143)
+    grandchild = int(pidfile.read_text())
+    for _ in range(100):
+        if not alive(grandchild):
+            break
+        yield sleep(0.02)
+    assert not alive(grandchild)
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_job_that_ignores_term_is_killed_after_the_grace(runner: JobRunner, tmp_path: Path) -> Any:
+    ready = tmp_path / "ready"
+    d = run(runner, SH, "-c", "trap '' TERM; touch %s; while :; do sleep 0.1; done" % ready)
+    job = runner.store.newest().__next__()
+    while not ready.exists():
+        yield sleep(0.02)
+    started = time.monotonic()
+    runner.cancel(job)
+    job = yield d
+    assert (job.state, job.signal, job.code) == (jobs.CANCELED, "SIGKILL", 137)
+    assert time.monotonic() - started >= 0.45  # it survived TERM until the grace ran out
+
+
+@pytest_twisted.inlineCallbacks
+def test_cancel_kills_grandchildren(runner: JobRunner, tmp_path: Path) -> Any:
+    pidfile = tmp_path / "gc.pid"
+    d = run(runner, SH, "-c", "sleep 60 & echo $! > %s; wait" % pidfile)
+    job = runner.store.newest().__next__()
+    while not pidfile.exists() or not pidfile.read_text().strip():
+        yield sleep(0.02)
+    runner.cancel(job)
+    yield d
+    grandchild = int(pidfile.read_text())
+    for _ in range(100):
+        if not alive(grandchild):
+            break
+        yield sleep(0.02)
+    assert job.state == jobs.CANCELED and not alive(grandchild)
+
+
+@pytest_twisted.inlineCallbacks
+def test_output_cap_keeps_head_and_tail_of_a_flood(tmp_path: Path) -> Any:
+    r = JobRunner(reactor=reactor, store=MemoryJobStore(10), setsid=SETSID, settings=Settings(max_output=1 << 20))
+    job = yield run(r, SH, "-c", "seq 1 100000; yes | head -c 50000000")
+    assert job.state == jobs.SUCCEEDED
+    assert job.stdout.total == len("".join("%d\n" % i for i in range(1, 100001))) + 50_000_000
+    assert job.stdout.dropped == job.stdout.total - (1 << 20)
+    text = job.stdout.text()
+    assert text.startswith("1\n2\n3\n") and "bytes dropped ...]" in text and text.endswith("y\ny\n")
+
+
+@pytest_twisted.inlineCallbacks
+def test_fifty_concurrent_jobs_all_complete(runner: JobRunner) -> Any:
+    finished = yield gatherResults([run(runner, "echo", str(i)) for i in range(50)])
+    assert [j.stdout.text() for j in finished] == ["%d\n" % i for i in range(50)]
+
