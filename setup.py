@@ -15,7 +15,8 @@ setup(
     packages=["httprunner", "twisted.plugins"],
     package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
     install_requires=[
-        "Twisted>=24.7",
+        "Twisted[tls]>=24.7",
+        "idna>=3",
         "klein>=23.12",
         "treq>=23.11",
         "prometheus-client>=0.20",
