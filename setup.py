@@ -26,6 +26,7 @@ setup(
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
+            "schemathesis>=4.30",
         ],
     },
     entry_points={

@@ -7,6 +7,7 @@ unknown routes, wrong methods and internal errors.
 
 from __future__ import annotations
 
+import importlib.resources
 import math
 import os
 import re
@@ -28,6 +29,8 @@ from httprunner.policy import PolicyError
 from httprunner.responses import dump_json, json_error, json_response
 from httprunner.runner import JobSpec, QueueFull, ShuttingDown, SpawnUnavailable
 
+#: the OpenAPI 3.1 description of this API, served as it is in the package
+OPENAPI = importlib.resources.files("httprunner").joinpath("openapi.json").read_bytes()
 JOB_ID = re.compile(r"[0-9a-f]{40}")
 #: Linux refuses a single argv/env string longer than 32 pages
 MAX_ARG_STRLEN = 32 * 4096
@@ -51,8 +54,11 @@ class JobAPI:
     app = Klein()
     log = Logger()
 
-    def __init__(self, *, runner: Any, store: Any, policy: Any, limits: Limits, callback_guard: Any = None) -> None:
+    def __init__(
+        self, *, runner: Any, store: Any, policy: Any, limits: Limits, callback_guard: Any = None, metrics: Any = None
+    ) -> None:
         self.runner = runner
+        self.metrics = metrics
         self.store = store
         self.policy = policy
         self.limits = limits
@@ -232,6 +238,18 @@ class JobAPI:
                 }
             ),
         )
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_text(self, request: IRequest) -> bytes:
+        if self.metrics is None:
+            return json_error(request, 404, "metrics are not enabled")
+        body, content_type = self.metrics.render()
+        request.setHeader(b"Content-Type", content_type)
+        return body
+
+    @app.route("/openapi.json", methods=["GET"])
+    def openapi(self, request: IRequest) -> bytes:
+        return json_response(request, 200, OPENAPI)
 
     # -- errors -------------------------------------------------------
 

@@ -683,6 +683,7 @@ class Notifier:
         backoff_base: float = 1.0,
         backoff_cap: float = 60.0,
         tls_policy: IPolicyForHTTPS | None = None,
+        on_attempt: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -710,6 +711,8 @@ class Notifier:
         self._pending: set[_Pending] = set()
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
+        #: told each attempt's outcome: delivered, retry, failed or refused
+        self._on_attempt = on_attempt
 
     # -- public --------------------------------------------------------------
 
@@ -905,6 +908,7 @@ class Notifier:
         if result.refused:
             delivery.state = DELIVERY_REFUSED
             delivery.last_error = result.error
+            self._on_attempt("refused")
             self.log.warn(
                 "callback for job {job_id} to {url!r} refused: {error}",
                 job_id=job_id,
@@ -926,6 +930,7 @@ class Notifier:
             final = False
         else:
             delivery.state = DELIVERY_FAILED
+        self._on_attempt(delivery.state if final else "retry")
         fields = dict(
             job_id=job_id,
             url=target.log_url,

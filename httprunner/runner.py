@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
@@ -67,7 +67,7 @@ class JobSpec:
 
 
 class RunnerObserver(Protocol):
-    def job_started(self, job: Job) -> None: ...
+    def job_started(self, job: Job, spawn_seconds: float) -> None: ...
 
     def job_finished(self, job: Job) -> None: ...
 
@@ -259,15 +259,16 @@ class JobRunner(Service):
         if job.timeout is not None:
             running.deadline = started + job.timeout
             self._schedule_deadline(running)
+        spawn_seconds = self.monotonic() - started
         self.log.info(
             "job {job_id} started: {argv} (pid {pid})",
             job_id=job.id,
             argv=[executable, *job.args],
             pid=job.pid,
-            spawn_seconds=self.monotonic() - started,
+            spawn_seconds=spawn_seconds,
         )
         for observer in self.observers:
-            observer.job_started(job)
+            observer.job_started(job, spawn_seconds)
 
     def _spawn_failed(self, job: Job, errname: str, message: str) -> None:
         job.state = jobs.SPAWN_FAILED

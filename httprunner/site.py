@@ -405,6 +405,7 @@ class HttpRunnerSite(server.Site):
         self.max_body = max_body
         self.request_timeout = request_timeout
         self.monotonic = monotonic
+        self.on_request: Callable[[str, str, int], None] = lambda path, method, status: None
 
     def acceptableProtocols(self) -> list[bytes]:
         return [b"http/1.1"]
@@ -449,6 +450,7 @@ class HttpRunnerSite(server.Site):
         hung up before the answer was complete; ``status`` and ``bytes`` are
         then what was sent so far).  No header is ever logged.
         """
+        self.on_request(path, method, status)
         _access_log.info(
             ACCESS_LOG_FORMAT if completed else ACCESS_LOG_FORMAT_ABANDONED,
             completed=completed,
@@ -572,6 +574,7 @@ def make_site(
     max_connections: int = 1024,
     max_connections_per_peer: int = 128,
     monotonic: Callable[[], float] = time.monotonic,
+    on_request: Callable[[str, str, int], None] | None = None,
 ) -> IProtocolFactory:
     """Build the protocol factory serving ``resource`` over HTTP/1.1.
 
@@ -584,6 +587,8 @@ def make_site(
         address (all unix-socket peers count as one).
     :param monotonic: the clock for deadlines and durations (tests pass
         ``Clock.seconds``).
+    :param on_request: told ``(path, method, status)`` of every answered
+        request, refusals included (metrics).
     :raises ValueError: when a limit is out of range.
     """
     if max_body < 0:
@@ -605,6 +610,8 @@ def make_site(
         idle_timeout=idle_timeout,
         monotonic=monotonic,
     )
+    if on_request is not None:
+        site.on_request = on_request
     return ConnectionLimiter(
         site,
         max_connections=max_connections,

@@ -27,6 +27,7 @@ from twisted.python import usage
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
 from httprunner.guard import ConfigError as GuardConfigError
+from httprunner.metrics import Metrics
 from httprunner.guard import (
     GuardedResource,
     HostPolicy,
@@ -315,20 +316,24 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             kill_on_output_limit=options["on-output-limit"] == "kill",
         ),
     )
+    metrics = Metrics(runner)
     notifier = Notifier(
         reactor,
+        on_attempt=metrics.callback_attempt,
         guard=options["callback_guard"],
         secret=options["callback_secret"],
         attempts=options["callback_attempts"],
         timeout=options["callback_timeout"],
         max_in_flight=options["max_callbacks"],
     )
+    runner.observers.append(metrics)
     runner.observers.append(notifier_observer(notifier))
     api = JobAPI(
         runner=runner,
         store=store,
         policy=policy,
         callback_guard=options["callback_guard"],
+        metrics=metrics,
         limits=Limits(
             default_timeout=options["timeout_s"] or None,
             max_timeout=options["max_timeout"] or None,
@@ -344,6 +349,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         idle_timeout=options["idle_timeout"],
         max_connections=options["max_connections"],
         max_connections_per_peer=options["max_connections_per_peer"],
+        on_request=metrics.http_request,
     )
     top = DaemonService(reactor=reactor, allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"])
     # MultiService stops children in reverse order: listeners first (stop
@@ -362,7 +368,7 @@ def notifier_observer(notifier: Notifier) -> Any:
     from httprunner.notify import CallbackDelivery
 
     class CallbackOnFinish:
-        def job_started(self, job: Any) -> None:
+        def job_started(self, job: Any, spawn_seconds: float) -> None:
             pass
 
         def job_finished(self, job: Any) -> None:
