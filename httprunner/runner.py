@@ -275,7 +275,8 @@ class JobRunner(Service):
         job.code = 126 if errname == "EACCES" else 127
         job.err = {"code": errname, "message": message}
         job.finished_at = self.walltime()
-        self.log.warn("job {job_id} could not start: {message}", job_id=job.id, message=message, code=job.code)
+        # !r: the message names the requested program, which is user data.
+        self.log.warn("job {job_id} could not start: {message!r}", job_id=job.id, message=message, code=job.code)
 
     def _schedule_deadline(self, running: _RunningJob) -> None:
         # reactor.callLater runs on wall-clock time; the deadline is on the

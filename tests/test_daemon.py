@@ -142,9 +142,14 @@ def test_listing_is_newest_first_and_filters(httprunner_daemon: Daemon) -> None:
     assert len(limited["jobs"]) == 1
 
 
-def test_healthz(httprunner_daemon: Daemon) -> None:
-    status, health = httprunner_daemon.api("GET", "/healthz")
+def test_healthz_answers_while_a_hundred_jobs_wait(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon("--max-running", "1")
+    status, health = daemon.api("GET", "/healthz")
     assert status == 200 and health["status"] == "ok" and health["running"] == 0 and "version" in health
+    for _ in range(101):
+        daemon.submit("sleep", "30")
+    status, health = daemon.api("GET", "/healthz")
+    assert (status, health["running"], health["queued"]) == (200, 1, 100)
 
 
 def test_daemon_environment_does_not_leak(start_daemon: Callable[..., Daemon]) -> None:

@@ -346,3 +346,21 @@ def test_request_fields_are_released_when_the_job_ends(program: str) -> None:
     job = h.submit(env={"PATH": "/usr/bin", "SECRET": "x"}, stdin=b"data")
     h.exit(job)
     assert job.env is None and job.stdin is None
+
+
+def test_job_events_carry_stable_fields_and_cannot_be_forged(program: str) -> None:
+    from twisted.logger import capturedLogs, formatEvent
+
+    h = Harness(program)
+    with capturedLogs() as events:
+        job = h.submit(args=["a\nFORGED LINE"])
+        h.exit(job, 3)
+        h.submit(program="evil\nFORGED\x1b[2J")
+    started = next(e for e in events if e["log_format"].startswith("job {job_id} started"))
+    ended = next(e for e in events if e["log_format"].startswith("job {job_id} ended"))
+    failed = next(e for e in events if "could not start" in e["log_format"])
+    assert started["job_id"] == job.id and started["pid"] == job.pid and started["argv"][1] == "a\nFORGED LINE"
+    assert (ended["code"], ended["state"], ended["duration"]) == (3, "failed", 0.0)
+    for event in (started, ended, failed):
+        text = formatEvent(event)
+        assert "\n" not in text and "\x1b" not in text
