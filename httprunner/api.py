@@ -7,6 +7,9 @@ unknown routes, wrong methods and internal errors.
 
 from __future__ import annotations
 
+# werkzeug encodes the Host with "idna" on every request; import the codec
+# now, before twistd --uid drops privileges (a lazy import may then fail).
+import encodings.idna  # noqa: F401
 import importlib.resources
 import math
 import os

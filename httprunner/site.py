@@ -384,6 +384,8 @@ class HttpRunnerSite(server.Site):
     # module-level _access_log, whose namespace is stable.
 
     protocol = HttpRunnerChannel  # type: ignore[assignment]
+    # No "Starting factory" lines: the daemon logs what it listens on.
+    noisy = False
 
     def __init__(
         self,
@@ -495,6 +497,8 @@ class ConnectionLimiter(WrappingFactory):
     untouched.  (``twisted.protocols.policies.LimitConnectionsByPeer`` is
     broken in Twisted 26.10: it raises ``TypeError`` on every connection.)
     """
+
+    noisy = False
 
     log = Logger()
     protocol = _CountedConnection

@@ -277,7 +277,9 @@ def _quiet_startup_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
 
     def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
         if isinstance(value, StartupError):
-            sys.stderr.write("httprunner: %s\n" % value)
+            # sys.stderr is twistd's log by now: write to the real stderr.
+            stream = sys.__stderr__ or sys.stderr
+            stream.write("httprunner: %s\n" % value)
         else:
             previous(kind, value, tb)
 

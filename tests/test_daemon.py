@@ -347,3 +347,28 @@ def test_daemonized_with_pidfile_and_logfile(tmp_path: Path) -> None:
     log = logfile.read_text()
     assert "job %s started" % job["id"] in log and "job %s ended" % job["id"] in log
     assert "POST / -> 202" in log
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="dropping privileges needs root")
+def test_twistd_uid_gid_drops_privileges_for_the_daemon_and_its_jobs(tmp_path: Path) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    log = tmp_path / "twistd.log"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = twistd_command(log=log)
+    command[1:1] = ["--uid", str(nobody.pw_uid), "--gid", str(nobody.pw_gid)]
+    proc = subprocess.Popen(command + ["-p", str(port)], cwd=tmp_path, env=child_env())
+    daemon = Daemon(proc=proc, port=port, log=log)
+    try:
+        for _ in range(200):
+            if "listening on" in daemon.log_text():
+                break
+            time.sleep(0.05)
+        job = daemon.wait(daemon.submit("id", "-u")["id"])
+        assert job["stdout"] == "%d\n" % nobody.pw_uid
+        assert "refusing to run as root" not in daemon.log_text()
+    finally:
+        assert daemon.stop() == 0
