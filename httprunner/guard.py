@@ -37,6 +37,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from httprunner.responses import json_error
+from httprunner.site import format_peer
 
 __all__ = [
     "ConfigError",
@@ -565,14 +566,7 @@ class HostPolicy:
 
 
 def _peer(request: IRequest) -> str:
-    address = request.getClientAddress()
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    if isinstance(address, UNIXAddress):
-        return "unix"
-    return str(address)
+    return format_peer(request.getClientAddress())
 
 
 class GuardedResource(Resource):

@@ -174,13 +174,14 @@ class JobRunner(Service):
         can_start = self._has_slot(spec.rule, spec.rule_limit)
         if not can_start and len(self._queue) >= self.settings.max_queued:
             raise QueueFull()
+        job_id = self.make_id()
         job = Job(
-            job_id=self.make_id(),
+            job_id=job_id,
             command=spec.command,
             arguments=spec.arguments,
             program=spec.program,
             args=spec.args,
-            env={**spec.env, "HTTPRUNNER_JOB_ID": ""},
+            env={**spec.env, "HTTPRUNNER_JOB_ID": job_id},
             created_at=self.walltime(),
             max_output=self.settings.max_output,
             callback=spec.callback,
@@ -190,8 +191,6 @@ class JobRunner(Service):
             rule=spec.rule,
             rule_limit=spec.rule_limit,
         )
-        assert job.env is not None
-        job.env["HTTPRUNNER_JOB_ID"] = job.id
         if can_start:
             # Spawn before storing: an exhausted machine raises here and
             # the job is answered 503 instead of being kept as a failure.
