@@ -13,6 +13,7 @@ job that finished releases all of them.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 import signal
@@ -30,7 +31,7 @@ from twisted.logger import Logger
 
 from httprunner import jobs
 from httprunner.jobs import Job
-from httprunner.process import ExitStatus, JobProcessProtocol
+from httprunner.process import ExitStatus, JobProcessProtocol, close_on_exec_all, spawn_session
 from httprunner.store import JobStore
 
 #: errors of a momentarily exhausted machine: worth a retry, so 503
@@ -128,7 +129,7 @@ class JobRunner(Service):
         reactor: Any,
         store: JobStore,
         settings: Settings,
-        setsid: str,
+        spawn: Callable[..., Any] | None = None,
         make_id: Callable[[], str] = lambda: secrets.token_hex(20),
         monotonic: Callable[[], float] = time.monotonic,
         walltime: Callable[[], float] = time.time,
@@ -137,7 +138,9 @@ class JobRunner(Service):
         self.reactor = reactor
         self.store = store
         self.settings = settings
-        self.setsid = setsid
+        #: spawn(protocol, executable, args, env, path), IReactorProcess-like:
+        #: by default each job leads its own session (see SessionProcess)
+        self.spawn = spawn or functools.partial(spawn_session, reactor)
         self.make_id = make_id
         self.monotonic = monotonic
         self.walltime = walltime
@@ -230,15 +233,9 @@ class JobRunner(Service):
         )
         started = self.monotonic()
         try:
-            # setsid makes the job lead its own session and process group,
-            # so a signal to the group reaches every process it started.
-            self.reactor.spawnProcess(
-                protocol,
-                self.setsid,
-                [self.setsid, executable, *job.args],
-                env=job.env,
-                path=job.cwd,
-            )
+            # The job leads its own session and process group, so a signal
+            # to the group reaches every process it started.
+            self.spawn(protocol, executable, [executable, *job.args], job.env, job.cwd)
         except OSError as e:
             if raise_exhaustion and e.errno in EXHAUSTION_ERRNOS:
                 self.log.warn("job {job_id} not started: {error}", job_id=job.id, error=str(e))
@@ -443,6 +440,10 @@ class JobRunner(Service):
         return unwatch
 
     # -- IService -----------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        close_on_exec_all()
 
     def stopService(self) -> Deferred[None]:
         """Stop taking jobs, cancel the queue, end every running job.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -176,10 +175,6 @@ class Options(usage.Options):
         if self["on-output-limit"] not in ("truncate", "kill"):
             raise usage.UsageError("--on-output-limit must be truncate or kill, not %r" % self["on-output-limit"])
         self["endpoints"] = self._endpoints()
-        setsid = shutil.which("setsid")
-        if setsid is None:
-            raise usage.UsageError("the setsid program (util-linux) is needed to give each job its own process group")
-        self["setsid"] = setsid
         whitelist = None
         if self["whitelist"] is not None:
             whitelist = [name.strip() for name in self["whitelist"].split(",") if name.strip()]
@@ -309,7 +304,6 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     runner = JobRunner(
         reactor=reactor,
         store=store,
-        setsid=options["setsid"],
         settings=Settings(
             max_running=options["max_running"],
             max_queued=options["max_queued"],

@@ -32,7 +32,7 @@ class App:
             reactor=self.reactor,
             store=self.store,
             settings=Settings(max_running=1, max_queued=1),
-            setsid="/fake/bin/setsid",
+            spawn=self.reactor.spawnProcess,
             monotonic=self.reactor.seconds,
             killpg=lambda pid, sig: None,
         )
@@ -83,7 +83,7 @@ def test_submit_answers_202_with_location_and_seed_keys(app: App) -> None:
     assert code == 202 and headers.getRawHeaders("Location") == ["/" + job["id"]]
     assert list(job)[:7] == ["stderr", "stdout", "id", "code", "command", "arguments", "err"]
     assert job["arguments"] == ["a", "b"] and job["state"] == "running"
-    assert app.reactor.spawned[0].args[1:] == [app.program, "a", "b"]
+    assert app.reactor.spawned[0].args == [app.program, "a", "b"]
 
 
 def test_404_405_and_bad_ids_are_json(app: App) -> None:

@@ -27,7 +27,6 @@ from httprunner.runner import JobRunner, JobSpec, Settings
 from httprunner.store import MemoryJobStore
 
 SH = shutil.which("sh") or "/bin/sh"
-SETSID = shutil.which("setsid") or "/usr/bin/setsid"
 
 
 def alive(pid: int) -> bool:
@@ -57,7 +56,7 @@ def cwd(request: Any, tmp_path: Path) -> str | None:
 @pytest.fixture(scope="module")
 def warm_reactor() -> None:
     """The reactor opens its SIGCHLD waker at the first spawn: do it now."""
-    pytest_twisted.blockon(run(JobRunner(reactor=reactor, store=MemoryJobStore(1), setsid=SETSID, settings=Settings()), "true"))
+    pytest_twisted.blockon(run(JobRunner(reactor=reactor, store=MemoryJobStore(1), settings=Settings()), "true"))
 
 
 @pytest.fixture
@@ -66,7 +65,6 @@ def runner(warm_reactor: None) -> Iterator[JobRunner]:
     r = JobRunner(
         reactor=reactor,
         store=MemoryJobStore(1000),
-        setsid=SETSID,
         settings=Settings(max_running=64, kill_grace=0.5, max_output=4 << 20),
     )
     yield r
@@ -200,7 +198,7 @@ def test_cancel_kills_grandchildren(runner: JobRunner, tmp_path: Path) -> Any:
 
 @pytest_twisted.inlineCallbacks
 def test_output_cap_keeps_head_and_tail_of_a_flood(tmp_path: Path) -> Any:
-    r = JobRunner(reactor=reactor, store=MemoryJobStore(10), setsid=SETSID, settings=Settings(max_output=1 << 20))
+    r = JobRunner(reactor=reactor, store=MemoryJobStore(10), settings=Settings(max_output=1 << 20))
     job = yield run(r, SH, "-c", "seq 1 100000; yes | head -c 50000000")
     assert job.state == jobs.SUCCEEDED
     assert job.stdout.total == len("".join("%d\n" % i for i in range(1, 100001))) + 50_000_000
@@ -214,3 +212,39 @@ def test_fifty_concurrent_jobs_all_complete(runner: JobRunner) -> Any:
     finished = yield gatherResults([run(runner, "echo", str(i)) for i in range(50)])
     assert [j.stdout.text() for j in finished] == ["%d\n" % i for i in range(50)]
 
+
+
+def session_and_group(pid: int) -> tuple[int, int]:
+    fields = Path("/proc/%d/stat" % pid).read_text().rsplit(")", 1)[1].split()
+    return int(fields[2]), int(fields[3])  # pgrp, session
+
+
+@pytest_twisted.inlineCallbacks
+def test_each_job_leads_its_own_session_on_both_spawn_paths(runner: JobRunner, cwd: str | None, tmp_path: Path) -> Any:
+    ready = tmp_path / "ready"
+    d = run(runner, SH, "-c", "touch %s; sleep 30" % ready, cwd=cwd)
+    job = next(runner.store.newest())
+    while not ready.exists():
+        yield sleep(0.02)
+    assert session_and_group(job.pid) == (job.pid, job.pid)
+    assert session_and_group(job.pid)[1] != os.getsid(0)
+    runner.cancel(job)
+    yield d
+
+
+@pytest_twisted.inlineCallbacks
+def test_jobs_inherit_no_descriptor_and_no_ignored_signal(runner: JobRunner, cwd: str | None) -> Any:
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    os.set_inheritable(leaked, True)  # as a descriptor inherited at startup
+    try:
+        runner.startService()
+        job = yield run(runner, SH, "-c", "ls /proc/self/fd; grep SigIgn /proc/self/status", cwd=cwd)
+    finally:
+        runner.stopService()
+        os.close(leaked)
+    *fd_lines, sig_line = job.stdout.text().splitlines()
+    fds = sorted(int(x) for x in fd_lines)
+    assert fds[:3] == [0, 1, 2] and leaked not in fds
+    ignored = int(sig_line.split()[1], 16)
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python itself
+        assert not ignored & (1 << (signum - 1)), "%s must not stay ignored in jobs" % signum.name
