@@ -25,12 +25,12 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from httprunner import __version__
-from httprunner.jobs import STATES, Job
+from httprunner.jobs import STATES, Job, JobSpec
 from httprunner.notify import CallbackURLError, check_callback_url
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.policy import PolicyError
 from httprunner.responses import dump_json, json_error, json_response
-from httprunner.runner import JobSpec, QueueFull, ShuttingDown, SpawnUnavailable
+from httprunner.runner import QueueFull, ShuttingDown, SpawnUnavailable
 
 #: the OpenAPI 3.1 description of this API, served as it is in the package
 OPENAPI = importlib.resources.files("httprunner").joinpath("openapi.json").read_bytes()

@@ -7,8 +7,12 @@ clients of the original program keep working; our keys follow.
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
 from typing import Any
+
+import attrs
 
 from httprunner.output import OutputBuffer
 from httprunner.responses import dump_json
@@ -33,15 +37,42 @@ def rfc3339(timestamp: float | None) -> str | None:
         return None
     seconds = int(timestamp)
     millis = int((timestamp - seconds) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + ".%03dZ" % millis
+    return "%s.%03dZ" % (_utc_seconds(seconds), millis)
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_seconds(seconds: int) -> str:
+    # Every GET renders three timestamps, mostly of the same few seconds.
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+@attrs.frozen
+class JobSpec:
+    """What to run: a validated request, resolved by the policy.
+
+    A job holds it (as ``launch``) until it ends, then lets it go.
+    """
+
+    command: str
+    arguments: list[str]
+    program: str
+    args: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str | None = None
+    stdin: bytes | None = None
+    timeout: float | None = None
+    callback: str | None = None
+    #: per-command concurrency: the policy rule's name and limit
+    rule: str = ""
+    rule_limit: int | None = None
 
 
 class Job:
     """One submitted command, from admission to its terminal state.
 
-    The request-time fields (``argv``, ``env``, ``cwd``, ``stdin``) are
-    released when the job finishes: thousands of finished jobs are
-    retained, and only their JSON view matters then.
+    Thousands of finished jobs are retained, so a job keeps only its JSON
+    view's fields in slots; what was needed to run it (``launch``: argv,
+    environment, stdin) is released when it ends.
     """
 
     __slots__ = (
@@ -62,38 +93,15 @@ class Job:
         "timeout",
         "stdout",
         "stderr",
-        # request-time fields, released at the end
-        "program",
-        "args",
-        "env",
-        "cwd",
-        "stdin",
-        "rule",
-        "rule_limit",
+        "launch",
     )
 
-    def __init__(
-        self,
-        *,
-        job_id: str,
-        command: str,
-        arguments: list[str],
-        program: str,
-        args: tuple[str, ...] | list[str],
-        env: dict[str, str],
-        created_at: float,
-        max_output: int,
-        callback: str | None = None,
-        cwd: str | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,
-        rule: str = "",
-        rule_limit: int | None = None,
-    ) -> None:
+    def __init__(self, *, job_id: str, spec: JobSpec, created_at: float, max_output: int) -> None:
         self.id = job_id
-        self.command = command
-        self.arguments = arguments
-        self.callback = callback
+        # Most jobs run one of a few commands: share one string for each.
+        self.command = sys.intern(spec.command)
+        self.arguments = spec.arguments
+        self.callback = spec.callback
         self.callback_delivery: Any = None
         self.state = QUEUED
         self.code: int | None = None
@@ -104,16 +112,10 @@ class Job:
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.duration: float | None = None
-        self.timeout = timeout
+        self.timeout = spec.timeout
         self.stdout = OutputBuffer(max_output)
         self.stderr = OutputBuffer(max_output)
-        self.program: str | None = program
-        self.args = args
-        self.env: dict[str, str] | None = env
-        self.cwd = cwd
-        self.stdin = stdin
-        self.rule = rule
-        self.rule_limit = rule_limit
+        self.launch: JobSpec | None = spec
 
     @property
     def finished(self) -> bool:
@@ -121,10 +123,7 @@ class Job:
 
     def release_request(self) -> None:
         """Drop what was only needed to run the job."""
-        self.program = None
-        self.args = ()
-        self.env = None
-        self.stdin = None
+        self.launch = None
         self.stdout.compact()
         self.stderr.compact()
 

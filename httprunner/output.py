@@ -16,11 +16,12 @@ GAP_MARKER = "[... {} bytes dropped ...]\n"
 class OutputBuffer:
     """Retain the head and tail of a byte stream under a fixed cap."""
 
-    __slots__ = ("_head", "_tail", "_head_cap", "_tail_cap", "total")
+    # Thousands of finished jobs keep two of these: one shared ``cap``
+    # instead of per-buffer halves saves four int objects per job.
+    __slots__ = ("_head", "_tail", "_cap", "total")
 
     def __init__(self, cap: int) -> None:
-        self._head_cap = cap // 2
-        self._tail_cap = cap - self._head_cap
+        self._cap = cap
         self._head = bytearray()
         self._tail = bytearray()
         #: every byte the job wrote to this stream
@@ -43,17 +44,19 @@ class OutputBuffer:
 
     def append(self, data: bytes) -> None:
         self.total += len(data)
-        room = self._head_cap - len(self._head)
+        head_cap = self._cap // 2
+        room = head_cap - len(self._head)
         if room > 0:
             self._head += data[:room]
             data = data[room:]
             if not data:
                 return
-        if len(data) >= self._tail_cap:
-            self._tail = bytearray(data[len(data) - self._tail_cap :])
+        tail_cap = self._cap - head_cap
+        if len(data) >= tail_cap:
+            self._tail = bytearray(data[len(data) - tail_cap :])
             return
         self._tail += data
-        excess = len(self._tail) - self._tail_cap
+        excess = len(self._tail) - tail_cap
         if excess > 0:
             # Deleting from the front of a bytearray is amortised O(1) in
             # CPython: it moves a start offset instead of the data.

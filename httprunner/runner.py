@@ -30,7 +30,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from httprunner import jobs
-from httprunner.jobs import Job
+from httprunner.jobs import Job, JobSpec
 from httprunner.process import ExitStatus, JobProcessProtocol, close_on_exec_all, spawn_session
 from httprunner.store import JobStore
 
@@ -48,23 +48,6 @@ class SpawnUnavailable(Exception):
 
 class ShuttingDown(Exception):
     """The daemon is stopping and takes no new job."""
-
-
-@attrs.frozen
-class JobSpec:
-    """A validated request, resolved by the policy, ready to admit."""
-
-    command: str
-    arguments: list[str]
-    program: str
-    args: tuple[str, ...]
-    env: dict[str, str]
-    cwd: str | None = None
-    stdin: bytes | None = None
-    timeout: float | None = None
-    callback: str | None = None
-    rule: str = ""
-    rule_limit: int | None = None
 
 
 class RunnerObserver(Protocol):
@@ -178,22 +161,8 @@ class JobRunner(Service):
         if not can_start and len(self._queue) >= self.settings.max_queued:
             raise QueueFull()
         job_id = self.make_id()
-        job = Job(
-            job_id=job_id,
-            command=spec.command,
-            arguments=spec.arguments,
-            program=spec.program,
-            args=spec.args,
-            env={**spec.env, "HTTPRUNNER_JOB_ID": job_id},
-            created_at=self.walltime(),
-            max_output=self.settings.max_output,
-            callback=spec.callback,
-            cwd=spec.cwd,
-            stdin=spec.stdin,
-            timeout=spec.timeout,
-            rule=spec.rule,
-            rule_limit=spec.rule_limit,
-        )
+        spec = attrs.evolve(spec, env={**spec.env, "HTTPRUNNER_JOB_ID": job_id})
+        job = Job(job_id=job_id, spec=spec, created_at=self.walltime(), max_output=self.settings.max_output)
         if can_start:
             # Spawn before storing: an exhausted machine raises here and
             # the job is answered 503 instead of being kept as a failure.
@@ -215,13 +184,14 @@ class JobRunner(Service):
     # -- running ------------------------------------------------------
 
     def _start(self, job: Job, raise_exhaustion: bool = False) -> None:
-        assert job.env is not None and job.program is not None
-        executable, errname, message = find_program(job.program, job.env.get("PATH", os.defpath))
+        launch = job.launch
+        assert launch is not None
+        executable, errname, message = find_program(launch.program, launch.env.get("PATH", os.defpath))
         if executable is None:
             self._spawn_failed(job, errname, message)
             return
-        if job.cwd is not None and not os.path.isdir(job.cwd):
-            self._spawn_failed(job, "ENOENT", "working directory does not exist: %s" % job.cwd)
+        if launch.cwd is not None and not os.path.isdir(launch.cwd):
+            self._spawn_failed(job, "ENOENT", "working directory does not exist: %s" % launch.cwd)
             return
         protocol = JobProcessProtocol(
             job,
@@ -235,7 +205,7 @@ class JobRunner(Service):
         try:
             # The job leads its own session and process group, so a signal
             # to the group reaches every process it started.
-            self.spawn(protocol, executable, [executable, *job.args], job.env, job.cwd)
+            self.spawn(protocol, executable, [executable, *launch.args], launch.env, launch.cwd)
         except OSError as e:
             if raise_exhaustion and e.errno in EXHAUSTION_ERRNOS:
                 self.log.warn("job {job_id} not started: {error}", job_id=job.id, error=str(e))
@@ -251,7 +221,7 @@ class JobRunner(Service):
         job.started_at = self.walltime()
         running = _RunningJob(job, protocol, started)
         self._running[job.id] = running
-        self._per_rule[job.rule] = self._per_rule.get(job.rule, 0) + 1
+        self._per_rule[launch.rule] = self._per_rule.get(launch.rule, 0) + 1
         if job.timeout is not None:
             running.deadline = started + job.timeout
             self._schedule_deadline(running)
@@ -259,7 +229,7 @@ class JobRunner(Service):
         self.log.info(
             "job {job_id} started: {argv} (pid {pid})",
             job_id=job.id,
-            argv=[executable, *job.args],
+            argv=[executable, *launch.args],
             pid=job.pid,
             spawn_seconds=spawn_seconds,
         )
@@ -323,7 +293,8 @@ class JobRunner(Service):
 
     def process_ended(self, job: Job, status: ExitStatus) -> None:
         running = self._running.pop(job.id)
-        self._per_rule[job.rule] -= 1
+        assert job.launch is not None
+        self._per_rule[job.launch.rule] -= 1
         if running.timer is not None:
             running.timer.cancel()
             running.timer = None
@@ -381,7 +352,8 @@ class JobRunner(Service):
         for job in list(self._queue):
             if len(self._running) >= self.settings.max_running:
                 return
-            if self._has_slot(job.rule, job.rule_limit):
+            assert job.launch is not None
+            if self._has_slot(job.launch.rule, job.launch.rule_limit):
                 self._queue.remove(job)
                 self._start(job)
                 if job.finished:

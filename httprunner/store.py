@@ -8,7 +8,7 @@ bounded by the runner (``--max-running`` + ``--max-queued``).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Collection, Iterator
 from typing import Protocol
 
@@ -35,8 +35,9 @@ class MemoryJobStore:
             raise ValueError("max_finished must be at least 1")
         self.max_finished = max_finished
         self._jobs: dict[str, Job] = {}
-        # finishing order, so that eviction removes the oldest finished job
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # ids in finishing order, so that eviction removes the oldest
+        # finished job (a deque costs ~60 B less per job than an OrderedDict)
+        self._finished: deque[str] = deque()
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -49,11 +50,10 @@ class MemoryJobStore:
 
     def finished(self, job: Job) -> list[Job]:
         """Record that ``job`` reached its terminal state; return the evicted."""
-        self._finished[job.id] = None
+        self._finished.append(job.id)
         evicted = []
         while len(self._finished) > self.max_finished:
-            old_id, _ = self._finished.popitem(last=False)
-            evicted.append(self._jobs.pop(old_id))
+            evicted.append(self._jobs.pop(self._finished.popleft()))
         return evicted
 
     def newest(self, states: Collection[str] | None = None) -> Iterator[Job]:

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from httprunner import jobs
-from httprunner.jobs import Job
+from httprunner.jobs import Job, JobSpec
 from httprunner.metrics import ROUTES, Metrics, route_template
 
 
@@ -22,16 +22,8 @@ class FakeRunner:
 
 
 def make_job(job_id: str = "a" * 40, *, created_at: float = 1000.0) -> Job:
-    return Job(
-        job_id=job_id,
-        command="echo",
-        arguments=[],
-        program="/fake/bin/echo",
-        args=(),
-        env={},
-        created_at=created_at,
-        max_output=1024,
-    )
+    spec = JobSpec(command="echo", arguments=[], program="/fake/bin/echo", args=(), env={})
+    return Job(job_id=job_id, spec=spec, created_at=created_at, max_output=1024)
 
 
 def start(job: Job, *, at: float) -> Job:

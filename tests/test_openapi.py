@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 import httprunner
 from httprunner import jobs
 from httprunner.api import JobAPI
-from httprunner.jobs import Job
+from httprunner.jobs import JobSpec, Job
 from httprunner.notify import CallbackDelivery
 from httprunner.responses import error_body
 
@@ -181,16 +181,8 @@ def validator(name: str) -> Any:
 
 
 def make_job(**changes: Any) -> Job:
-    job = Job(
-        job_id="3f786850e387550fdab836ed7e6dc881de23001b",
-        command="echo",
-        arguments=["foo"],
-        program="/fake/bin/echo",
-        args=("foo",),
-        env={},
-        created_at=1795820000.123,
-        max_output=16,
-    )
+    spec = JobSpec(command="echo", arguments=["foo"], program="/fake/bin/echo", args=("foo",), env={})
+    job = Job(job_id="3f786850e387550fdab836ed7e6dc881de23001b", spec=spec, created_at=1795820000.123, max_output=16)
     for name, value in changes.items():
         setattr(job, name, value)
     return job

@@ -23,7 +23,8 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from httprunner import jobs
 from httprunner.policy import default_environment
-from httprunner.runner import JobRunner, JobSpec, Settings
+from httprunner.jobs import JobSpec
+from httprunner.runner import JobRunner, Settings
 from httprunner.store import MemoryJobStore
 
 SH = shutil.which("sh") or "/bin/sh"
