@@ -161,7 +161,7 @@ class Daemon:
     def __init__(self, name: str, extra: list[str], opts: argparse.Namespace, workdir: str) -> None:
         self.name = name
         self.log_path = os.path.join(workdir, "%s.log" % name)
-        self.argv = [opts.twistd, "-n", "--pidfile=", "httprunner", "--port", "0", "--interface", "127.0.0.1", "--whitelist", WHITELIST, *extra]
+        self.argv = [opts.twistd, "-n", "--pidfile=", "httprunner", "--port", "0", "--interface", "127.0.0.1", "--whitelist", WHITELIST, *extra, *opts.daemon_arg]
         if os.geteuid() == 0:
             self.argv.append("--allow-root")
         self.env = dict(os.environ)
@@ -777,6 +777,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-output", type=int, default=4 * MiB, help="--max-output of the flood daemon (bytes)")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between polls in the e2e poll mode")
+    parser.add_argument(
+        "--daemon-arg", action="append", default=[], metavar="ARG",
+        help="extra option for every httprunner daemon (repeatable), e.g. --daemon-arg=--no-access-log",
+    )
     parser.add_argument("--no-wrk", action="store_true", help="measure GET/s with the asyncio client even if wrk is installed")
     parser.add_argument("--no-webhook", action="store_true", help="skip webhook even if it is installed")
     parser.add_argument("--time-limit", type=float, default=600.0, help="abort after this many seconds")

@@ -413,6 +413,10 @@ class _HostRule:
         return self.ip_literals and _is_ip_literal(name)
 
 
+#: how many distinct (Host, listener) verdicts HostPolicy remembers
+HOST_VERDICTS_KEPT = 256
+
+
 class HostPolicy:
     """Which ``Host`` and ``Origin`` header values are allowed.
 
@@ -430,6 +434,9 @@ class HostPolicy:
         self._rules = tuple(rules)
         self._allowed_hosts = frozenset(allowed_hosts)
         self._allowed_origins = frozenset(allowed_origins)
+        # (Host header, local address) -> verdict: clients send the same
+        # few Host values on every request. Bounded: cleared when full.
+        self._host_verdicts: dict[tuple[bytes, object], bool] = {}
 
     @classmethod
     def from_listeners(
@@ -517,6 +524,15 @@ class HostPolicy:
         """
         if host_header is None:
             return True
+        key = (host_header, local)
+        verdict = self._host_verdicts.get(key)
+        if verdict is None:
+            if len(self._host_verdicts) >= HOST_VERDICTS_KEPT:
+                self._host_verdicts.clear()
+            verdict = self._host_verdicts[key] = self._judge_host(host_header, local)
+        return verdict
+
+    def _judge_host(self, host_header: bytes, local: object) -> bool:
         parts = _parse_host_header(host_header)
         if parts is None:
             return False

@@ -78,6 +78,7 @@ class Options(usage.Options):
     optFlags = [
         ["allow-root", None, "Run even as uid 0 (otherwise use twistd --uid/--gid)."],
         ["allow-anonymous", None, "Listen on a non-loopback address without --token-file."],
+        ["no-access-log", None, "Do not log a line per HTTP request (job events are still logged)."],
     ]
     optParameters = [
         ["port", "p", None, "TCP port to listen on (default 9000)."],
@@ -346,6 +347,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_connections=options["max_connections"],
         max_connections_per_peer=options["max_connections_per_peer"],
         on_request=metrics.http_request,
+        access_log=not options["no-access-log"],
     )
     top = DaemonService(reactor=reactor, allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"])
     # MultiService stops children in reverse order: listeners first (stop

@@ -839,3 +839,13 @@ def test_unix_socket_connections_share_one_peer_limit():
         shutil.rmtree(directory, ignore_errors=True)
     assert served == 200
     assert parse_responses(refused)[0][0] == 503
+
+
+def test_without_the_access_log_requests_are_still_counted():
+    seen = []
+    h = Harness(access_log=False, on_request=lambda path, method, status: seen.append((path, method, status)))
+    with capturedLogs() as events:
+        h.connect().send(b"GET /jobs HTTP/1.1\r\nHost: x\r\n\r\n")
+        h.connect().send(b"PUT /up HTTP/1.1\r\nContent-Length: 99\r\n\r\n")
+    assert access_events(events) == []
+    assert seen == [("/jobs", "GET", 200), ("/up", "PUT", 413)]
