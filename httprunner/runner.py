@@ -216,6 +216,7 @@ class JobRunner(Service):
         except (ValueError, UnicodeError) as e:
             self._spawn_failed(job, "EINVAL", "could not start the command: %s" % e)
             return
+        spawn_seconds = self.monotonic() - started
         job.state = jobs.RUNNING
         job.pid = protocol.pid
         job.started_at = self.walltime()
@@ -225,7 +226,6 @@ class JobRunner(Service):
         if job.timeout is not None:
             running.deadline = started + job.timeout
             self._schedule_deadline(running)
-        spawn_seconds = self.monotonic() - started
         self.log.info(
             "job {job_id} started: {argv} (pid {pid})",
             job_id=job.id,
