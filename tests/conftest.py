@@ -130,3 +130,13 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 @pytest.fixture
 def httprunner_daemon(start_daemon: Callable[..., Daemon]) -> Daemon:
     return start_daemon()
+
+
+def as_from_a_terminal() -> None:
+    """preexec_fn: give the child SIGINT's default disposition.
+
+    A shell without job control starts background commands with SIGINT
+    ignored, and the ignore is inherited down to our children; a client
+    typed at a terminal gets Ctrl-C, so tests that send SIGINT model that.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

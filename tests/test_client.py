@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import pytest
 
+from .conftest import as_from_a_terminal
+
 from httprunner import client
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -792,6 +794,7 @@ def spawn_client(fake: FakeDaemon, *argv: str, **kw: Any) -> subprocess.Popen[by
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
+        preexec_fn=as_from_a_terminal,
         **kw,
     )
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .conftest import ROOT, TIMEOUT, Daemon
+from .conftest import ROOT, TIMEOUT, Daemon, as_from_a_terminal
 
 
 def client_env(daemon: Daemon | None, **extra: str) -> dict[str, str]:
@@ -52,6 +52,7 @@ def spawn_client(daemon: Daemon, *argv: str) -> subprocess.Popen[bytes]:
         env=client_env(daemon),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        preexec_fn=as_from_a_terminal,
     )
 
 
