@@ -1083,3 +1083,25 @@ __all__ = [
     "parse_callback_url",
     "sign_webhook",
 ]
+
+
+class CallbackOnFinish:
+    """A runner observer: send a job's callback when it reaches its end.
+
+    The body is the job JSON at that moment, with the delivery record
+    ``pending``; every retry sends those same bytes, and a later ``GET``
+    shows the record as the notifier updates it.
+    """
+
+    def __init__(self, notifier: Notifier) -> None:
+        self.notifier = notifier
+
+    def job_started(self, job: Any, spawn_seconds: float) -> None:
+        pass
+
+    def job_finished(self, job: Any) -> None:
+        if job.callback is None:
+            return
+        delivery = CallbackDelivery()
+        job.callback_delivery = delivery
+        self.notifier.deliver(job.id, job.callback, job.to_json_bytes(), delivery)

@@ -157,7 +157,6 @@ class JobProcessProtocol(ProcessProtocol):
         self.killpg = killpg
         self.pid: int | None = None
         self._exit_status: ExitStatus | None = None
-        self._ended = False
         self._drain: IDelayedCall | None = None
         # fd -> the call that resumes reading a throttled pipe
         self._throttled: dict[int, IDelayedCall] = {}
@@ -290,9 +289,6 @@ class JobProcessProtocol(ProcessProtocol):
         self.transport.loseConnection()
 
     def _end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
         if self._drain is not None:
             self._drain.cancel()
             self._drain = None

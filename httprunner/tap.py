@@ -34,7 +34,7 @@ from httprunner.guard import (
     install_reload_on_sighup,
     refuse_anonymous_exposure,
 )
-from httprunner.notify import CallbackGuard, Notifier, load_callback_secret
+from httprunner.notify import CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.site import make_site
@@ -324,7 +324,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_in_flight=options["max_callbacks"],
     )
     runner.observers.append(metrics)
-    runner.observers.append(notifier_observer(notifier))
+    runner.observers.append(CallbackOnFinish(notifier))
     api = JobAPI(
         runner=runner,
         store=store,
@@ -359,21 +359,3 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     for description in options["endpoints"]:
         strports.service(description, site, reactor=reactor).setServiceParent(top)
     return top
-
-
-def notifier_observer(notifier: Notifier) -> Any:
-    """Send a job's callback when it reaches its terminal state."""
-    from httprunner.notify import CallbackDelivery
-
-    class CallbackOnFinish:
-        def job_started(self, job: Any, spawn_seconds: float) -> None:
-            pass
-
-        def job_finished(self, job: Any) -> None:
-            if job.callback is None:
-                return
-            delivery = CallbackDelivery()
-            job.callback_delivery = delivery
-            notifier.deliver(job.id, job.callback, job.to_json_bytes(), delivery)
-
-    return CallbackOnFinish()
