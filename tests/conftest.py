@@ -140,3 +140,13 @@ def as_from_a_terminal() -> None:
     typed at a terminal gets Ctrl-C, so tests that send SIGINT model that.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (``kill(pid, 0)`` succeeds
+    on zombies, so read ``/proc/<pid>/stat``)."""
+    try:
+        stat = Path("/proc/%d/stat" % pid).read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")

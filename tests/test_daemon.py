@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .conftest import TIMEOUT, Daemon, child_env, twistd_command
+from .conftest import TIMEOUT, Daemon, alive, child_env, twistd_command
 
 SEED_KEYS = ["stderr", "stdout", "id", "code", "command", "arguments"]
 
@@ -237,14 +237,6 @@ def test_a_hanging_receiver_does_not_affect_the_daemon(start_daemon: Callable[..
         hanging.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path("/proc/%d/stat" % pid).read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def test_sigterm_ends_every_job_even_one_that_ignores_term(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     daemon = start_daemon("--kill-grace", "1")
     pidfile = tmp_path / "stubborn.pid"
@@ -256,7 +248,7 @@ def test_sigterm_ends_every_job_even_one_that_ignores_term(start_daemon: Callabl
         time.sleep(0.02)
     grandchild = int(pidfile.read_text())
     assert daemon.stop() == 0
-    assert not _alive(job["pid"]) and not _alive(grandchild)
+    assert not alive(job["pid"]) and not alive(grandchild)
     assert "ignored SIGTERM" in daemon.log_text()
 
 
@@ -340,10 +332,10 @@ def test_daemonized_with_pidfile_and_logfile(tmp_path: Path) -> None:
     finally:
         os.kill(pid, signal.SIGTERM)
     for _ in range(200):
-        if not pidfile.exists() and not _alive(pid):
+        if not pidfile.exists() and not alive(pid):
             break
         time.sleep(0.05)
-    assert not pidfile.exists() and not _alive(pid)
+    assert not pidfile.exists() and not alive(pid)
     log = logfile.read_text()
     assert "job %s started" % job["id"] in log and "job %s ended" % job["id"] in log
     assert "POST / -> 202" in log

@@ -27,16 +27,9 @@ from httprunner.jobs import JobSpec
 from httprunner.runner import JobRunner, Settings
 from httprunner.store import MemoryJobStore
 
+from .conftest import alive
+
 SH = shutil.which("sh") or "/bin/sh"
-
-
-def alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
-    try:
-        stat = Path("/proc/%d/stat" % pid).read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def open_fds() -> int:
