@@ -165,7 +165,12 @@ async def closed_loop(
 
 
 async def run_workers(
-    workers: int, total: int, job: Callable[[Connection, int], Awaitable[None]], host: str, port: int, duration: float = 3600.0
+    workers: int,
+    total: int,
+    job: Callable[[Connection, int], Awaitable[None]],
+    host: str,
+    port: int,
+    duration: float = 3600.0,
 ) -> tuple[float, int]:
     """Run ``job`` on ``workers`` connections until ``total`` calls were
     started or ``duration`` seconds passed; return ``(elapsed, calls done)``."""
@@ -271,11 +276,22 @@ def _ms(text: str) -> float:
 def wrk(url: str, connections: int, duration: float, method: str = "GET", body: bytes | None = None) -> dict[str, Any]:
     """Run ``wrk --latency`` for ``duration`` seconds; return rps, p50/p99 and errors."""
     threads = max(1, min(2, connections))
-    args = ["wrk", "-t%d" % threads, "-c%d" % connections, "-d%ds" % max(1, round(duration)), "--latency", "--timeout", "10s"]
+    args = [
+        "wrk",
+        "-t%d" % threads,
+        "-c%d" % connections,
+        "-d%ds" % max(1, round(duration)),
+        "--latency",
+        "--timeout",
+        "10s",
+    ]
     script = None
     if method != "GET" or body is not None:
         script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write("wrk.method = %s\nwrk.body = %s\nwrk.headers['Content-Type'] = 'application/json'\n" % (json.dumps(method), json.dumps((body or b"").decode())))
+        script.write(
+            "wrk.method = %s\nwrk.body = %s\nwrk.headers['Content-Type'] = 'application/json'\n"
+            % (json.dumps(method), json.dumps((body or b"").decode()))
+        )
         script.close()
         args += ["-s", script.name]
     try:

@@ -161,7 +161,20 @@ class Daemon:
     def __init__(self, name: str, extra: list[str], opts: argparse.Namespace, workdir: str) -> None:
         self.name = name
         self.log_path = os.path.join(workdir, "%s.log" % name)
-        self.argv = [opts.twistd, "-n", "--pidfile=", "httprunner", "--port", "0", "--interface", "127.0.0.1", "--whitelist", WHITELIST, *extra, *opts.daemon_arg]
+        self.argv = [
+            opts.twistd,
+            "-n",
+            "--pidfile=",
+            "httprunner",
+            "--port",
+            "0",
+            "--interface",
+            "127.0.0.1",
+            "--whitelist",
+            WHITELIST,
+            *extra,
+            *opts.daemon_arg,
+        ]
         if os.geteuid() == 0:
             self.argv.append("--allow-root")
         self.env = dict(os.environ)
@@ -177,7 +190,14 @@ class Daemon:
 
     async def start(self, timeout: float = 30.0) -> None:
         log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, cwd=tempfile.gettempdir())
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=tempfile.gettempdir(),
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -213,7 +233,12 @@ class Helper:
         self.proc: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE if not self.port else subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            self.argv,
+            stdout=subprocess.PIPE if not self.port else subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
         if not self.port:
             assert self.proc.stdout is not None
             line = await asyncio.get_running_loop().run_in_executor(None, self.proc.stdout.readline)
@@ -309,8 +334,27 @@ class Bench:
         self.samples: dict[str, list[float]] = {}
         self.checks: dict[str, Any] = {"rejected_submissions": 0, "http_errors": 0}
         self.use_wrk = httpload.have_wrk() and not opts.quick and not opts.no_wrk
-        self.big = Daemon("retain-many", ["--max-jobs", str(size["retained"]), "--max-running", "64", "--max-queued", "20000", "--max-connections-per-peer", "1024"], opts, workdir)
-        self.small = Daemon("retain-one", ["--max-jobs", "1", "--max-running", "64", "--max-queued", "20000", "--max-connections-per-peer", "1024"], opts, workdir)
+        self.big = Daemon(
+            "retain-many",
+            [
+                "--max-jobs",
+                str(size["retained"]),
+                "--max-running",
+                "64",
+                "--max-queued",
+                "20000",
+                "--max-connections-per-peer",
+                "1024",
+            ],
+            opts,
+            workdir,
+        )
+        self.small = Daemon(
+            "retain-one",
+            ["--max-jobs", "1", "--max-running", "64", "--max-queued", "20000", "--max-connections-per-peer", "1024"],
+            opts,
+            workdir,
+        )
         self.flood = Daemon("flood", ["--max-jobs", "100", "--max-output", "%d" % opts.max_output], opts, workdir)
         self.klein = Helper([sys.executable, os.path.join(HERE, "baselines.py"), "klein"])
         self.webhook: Helper | None = None
@@ -418,7 +462,14 @@ class Bench:
             result = httpload.wrk("http://127.0.0.1:%d%s" % (port, path), connections, size["get_seconds"])
             self._errors(key, result["non2xx"] + result["socket_errors"])
         else:
-            result = await httpload.closed_loop("127.0.0.1", port, connections, lambda n: ("GET", path, None), count=size["get_count"], duration=size["get_seconds"])
+            result = await httpload.closed_loop(
+                "127.0.0.1",
+                port,
+                connections,
+                lambda n: ("GET", path, None),
+                count=size["get_count"],
+                duration=size["get_seconds"],
+            )
             self._errors(key, sum(v for k, v in result["statuses"].items() if k != 200))
         self.record(key, result["rps"])
 
@@ -429,13 +480,20 @@ class Bench:
         listing = await get_json(port, "/jobs?limit=1&state=succeeded")
         job_id = listing["jobs"][0]["id"]
         retained = min(self.size["retained"], self.big_jobs)
-        self.checks["get_many_retained_jobs_min"] = min(retained, self.checks.get("get_many_retained_jobs_min", retained))
+        self.checks["get_many_retained_jobs_min"] = min(
+            retained, self.checks.get("get_many_retained_jobs_min", retained)
+        )
         await self.get_rps("get_many_retained_c%d_rps" % connections, port, "/" + job_id, connections)
 
     async def klein_post(self, connections: int) -> None:
         size = self.size
         result = await httpload.closed_loop(
-            "127.0.0.1", self.klein.port, connections, lambda n: ("POST", "/", ECHO), count=size["post_count"], duration=size["post_seconds"]
+            "127.0.0.1",
+            self.klein.port,
+            connections,
+            lambda n: ("POST", "/", ECHO),
+            count=size["post_count"],
+            duration=size["post_seconds"],
         )
         self.record("baseline_klein_post_c%d_rps" % connections, result["rps"])
         self.record("baseline_klein_post_c%d_p99_ms" % connections, result["p99_ms"])
@@ -449,7 +507,9 @@ class Bench:
                 self.checks["http_errors"] += 1
 
         size = self.size
-        elapsed, done = await httpload.run_workers(size["e2e_workers"], size["e2e_jobs"], one, "127.0.0.1", self.webhook.port, size["e2e_seconds"])
+        elapsed, done = await httpload.run_workers(
+            size["e2e_workers"], size["e2e_jobs"], one, "127.0.0.1", self.webhook.port, size["e2e_seconds"]
+        )
         self.record("webhook_sync_jobs_per_s", done / elapsed)
 
     # -- metric 1: submit -------------------------------------------------------
@@ -465,7 +525,13 @@ class Bench:
                 self.checks["rejected_submissions"] += 1
 
         result = await httpload.closed_loop(
-            "127.0.0.1", port, connections, lambda n: ("POST", "/", body), count=size["submit_count"], duration=size["submit_seconds"], on_response=seen
+            "127.0.0.1",
+            port,
+            connections,
+            lambda n: ("POST", "/", body),
+            count=size["submit_count"],
+            duration=size["submit_seconds"],
+            on_response=seen,
         )
         await wait_idle(port, size["idle_timeout"])
         accepted = result["statuses"].get(202, 0)
@@ -509,11 +575,15 @@ class Bench:
                 wrong += 1
 
         cpu0 = cpu_seconds(self.big.pid)
-        elapsed, done = await httpload.run_workers(size["e2e_workers"], size["e2e_jobs"], one, "127.0.0.1", port, size["e2e_seconds"])
+        elapsed, done = await httpload.run_workers(
+            size["e2e_workers"], size["e2e_jobs"], one, "127.0.0.1", port, size["e2e_seconds"]
+        )
         self.record("e2e_%s_jobs_per_s" % mode, done / elapsed)
         self.checks["e2e_%s_jobs_done_min" % mode] = min(done, self.checks.get("e2e_%s_jobs_done_min" % mode, done))
         if mode == "poll":
-            self.record("server_cpu_ms_per_job_polled", max(1e-3, (cpu_seconds(self.big.pid) - cpu0) * 1000 / max(1, done)))
+            self.record(
+                "server_cpu_ms_per_job_polled", max(1e-3, (cpu_seconds(self.big.pid) - cpu0) * 1000 / max(1, done))
+            )
         self.checks["wrong_results"] = self.checks.get("wrong_results", 0) + wrong
 
     # -- metric 5: flooding after the cap; a slow writer --------------------------------
@@ -536,7 +606,10 @@ class Bench:
         duration under the daemon over the same script run bare."""
         cap = self.opts.max_output
         writes = self.size["slow_writes"]
-        script = "head -c %d /dev/zero; i=0; while [ $i -lt %d ]; do head -c 2048 /dev/zero; sleep 0.05; i=$((i+1)); done" % (cap + 32 * 1024, writes)
+        script = (
+            "head -c %d /dev/zero; i=0; while [ $i -lt %d ]; do head -c 2048 /dev/zero; sleep 0.05; i=$((i+1)); done"
+            % (cap + 32 * 1024, writes)
+        )
         port = self.flood.port
         job = await submit(port, json.dumps({"command": "sh", "args": ["-c", script]}).encode())
         job = await wait_job(port, job["id"], lambda j: j["code"] is not None, 60)
@@ -582,8 +655,18 @@ class Bench:
             ("spawn c16", lambda: self.spawn_baseline(16)),
         ]
         for c in (16, 64):
-            steps.append(("klein GET c%d" % c, lambda c=c: self.get_rps("baseline_klein_get_c%d_rps" % c, self.klein.port, "/" + "0" * 40, c)))
-            steps.append(("GET 1 retained c%d" % c, lambda c=c: self.get_rps("get_1_retained_c%d_rps" % c, self.small.port, "/" + self.small_id, c)))
+            steps.append(
+                (
+                    "klein GET c%d" % c,
+                    lambda c=c: self.get_rps("baseline_klein_get_c%d_rps" % c, self.klein.port, "/" + "0" * 40, c),
+                )
+            )
+            steps.append(
+                (
+                    "GET 1 retained c%d" % c,
+                    lambda c=c: self.get_rps("get_1_retained_c%d_rps" % c, self.small.port, "/" + self.small_id, c),
+                )
+            )
             steps.append(("GET %d retained c%d" % (self.size["retained"], c), lambda c=c: self.get_many(c)))
         for c in (1, 16, 64):
             steps.append(("klein POST c%d" % c, lambda c=c: self.klein_post(c)))
@@ -670,13 +753,29 @@ def ratios(m: dict[str, float]) -> dict[str, float]:
     return r
 
 
-def targets(m: dict[str, float], r: dict[str, float], checks: dict[str, Any], max_output: int) -> list[tuple[str, str, str, bool]]:
+def targets(
+    m: dict[str, float], r: dict[str, float], checks: dict[str, Any], max_output: int
+) -> list[tuple[str, str, str, bool]]:
     """(target, measured, bound, met) for every target of the issue."""
     t: list[tuple[str, str, str, bool]] = []
     if "e2e_poll_vs_webhook" in r:
-        t.append(("e2e poll vs webhook-sync", "%.2fx" % r["e2e_poll_vs_webhook"], ">= 1.00x", r["e2e_poll_vs_webhook"] >= 1.0))
+        t.append(
+            (
+                "e2e poll vs webhook-sync",
+                "%.2fx" % r["e2e_poll_vs_webhook"],
+                ">= 1.00x",
+                r["e2e_poll_vs_webhook"] >= 1.0,
+            )
+        )
     if "e2e_poll_vs_spawn_c16" in r:
-        t.append(("e2e poll vs bare posix_spawn (c16)", "%.0f%%" % (100 * r["e2e_poll_vs_spawn_c16"]), ">= 70% (when no webhook)", r["e2e_poll_vs_spawn_c16"] >= 0.7))
+        t.append(
+            (
+                "e2e poll vs bare posix_spawn (c16)",
+                "%.0f%%" % (100 * r["e2e_poll_vs_spawn_c16"]),
+                ">= 70% (when no webhook)",
+                r["e2e_poll_vs_spawn_c16"] >= 0.7,
+            )
+        )
     for k in ("e2e_longpoll_vs_poll", "e2e_callback_vs_poll"):
         if k in r:
             t.append((k.replace("_", " "), "%.2fx" % r[k], ">= 0.90x", r[k] >= 0.9))
@@ -690,7 +789,14 @@ def targets(m: dict[str, float], r: dict[str, float], checks: dict[str, Any], ma
             t.append(("GET /<id> c%d vs bare Klein" % c, "%.0f%%" % (100 * r[k]), ">= 90%", r[k] >= 0.9))
         k = "get_many_retained_c%d_vs_1" % c
         if k in r:
-            t.append(("GET /<id> c%d, many retained vs 1" % c, "%.0f%%" % (100 * r[k]), ">= 95% (no slower, noise)", r[k] >= 0.95))
+            t.append(
+                (
+                    "GET /<id> c%d, many retained vs 1" % c,
+                    "%.0f%%" % (100 * r[k]),
+                    ">= 95% (no slower, noise)",
+                    r[k] >= 0.95,
+                )
+            )
     if "rss_per_retained_job_bytes" in m:
         v = m["rss_per_retained_job_bytes"]
         t.append(("RSS per retained finished job", "%.0f B" % v, "<= 1024 B", v <= 1024))
@@ -771,24 +877,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts, one round, asyncio client only (< 30 s)")
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds (default 3, quick 1)")
     parser.add_argument("--json", default="", help="write the results here (default benchmarks/results-<time>.json)")
-    parser.add_argument("--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"), help="the twistd to run")
     parser.add_argument(
-        "--pythonpath", default=CHECKOUT, help="prepended to PYTHONPATH of the daemons (default: this checkout; '' for the installed httprunner)"
+        "--twistd", default=os.path.join(os.path.dirname(sys.executable), "twistd"), help="the twistd to run"
+    )
+    parser.add_argument(
+        "--pythonpath",
+        default=CHECKOUT,
+        help="prepended to PYTHONPATH of the daemons (default: this checkout; '' for the installed httprunner)",
     )
     parser.add_argument("--max-output", type=int, default=4 * MiB, help="--max-output of the flood daemon (bytes)")
     parser.add_argument("--poll-interval", type=float, default=0.005, help="seconds between polls in the e2e poll mode")
     parser.add_argument(
-        "--daemon-arg", action="append", default=[], metavar="ARG",
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
         help="extra option for every httprunner daemon (repeatable), e.g. --daemon-arg=--no-access-log",
     )
-    parser.add_argument("--no-wrk", action="store_true", help="measure GET/s with the asyncio client even if wrk is installed")
+    parser.add_argument(
+        "--no-wrk", action="store_true", help="measure GET/s with the asyncio client even if wrk is installed"
+    )
     parser.add_argument("--no-webhook", action="store_true", help="skip webhook even if it is installed")
     parser.add_argument("--time-limit", type=float, default=600.0, help="abort after this many seconds")
     parser.add_argument("--keep-logs", action="store_true", help="keep the daemons' logs (path printed)")
     parser.add_argument("-q", "--silent", action="store_true", help="no progress lines on stderr")
     opts = parser.parse_args(argv)
     t0 = time.monotonic()
-    opts.progress = (lambda msg: None) if opts.silent else (lambda msg: print("[bench %6.1fs] %s" % (time.monotonic() - t0, msg), file=sys.stderr, flush=True))
+    opts.progress = (
+        (lambda msg: None)
+        if opts.silent
+        else (lambda msg: print("[bench %6.1fs] %s" % (time.monotonic() - t0, msg), file=sys.stderr, flush=True))
+    )
     try:
         result = asyncio.run(amain(opts))
     except asyncio.CancelledError:

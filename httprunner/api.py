@@ -140,7 +140,9 @@ class JobAPI:
         for arg in args:
             size = len(arg.encode()) + 1
             if size > MAX_ARG_STRLEN:
-                raise RequestError("an argument is %d bytes, over the system's %d-byte limit" % (size - 1, MAX_ARG_STRLEN - 1))
+                raise RequestError(
+                    "an argument is %d bytes, over the system's %d-byte limit" % (size - 1, MAX_ARG_STRLEN - 1)
+                )
             total += size + 8
         for name, value in env.items():
             size = len(name.encode()) + len(value.encode()) + 2
@@ -148,7 +150,9 @@ class JobAPI:
                 raise RequestError("environment variable %s is over the system's size limit" % name)
             total += size + 8
         if total > self.limits.arg_max - 4096:
-            raise RequestError("arguments and environment total %d bytes, over the system's limit of %d" % (total, self.limits.arg_max))
+            raise RequestError(
+                "arguments and environment total %d bytes, over the system's limit of %d" % (total, self.limits.arg_max)
+            )
 
     # -- one job ------------------------------------------------------
 

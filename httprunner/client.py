@@ -30,7 +30,8 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, BinaryIO, Callable, Mapping, NamedTuple, NoReturn, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, BinaryIO, NamedTuple, NoReturn
 
 from httprunner import __version__
 
@@ -305,7 +306,7 @@ class Server:
             query["limit"] = limit
         body = self.request("GET", "/jobs", query).json()
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
-            raise ClientError("the server's job list is not {\"jobs\": [...]}")
+            raise ClientError('the server\'s job list is not {"jobs": [...]}')
         jobs: list[dict[str, Any]] = body["jobs"]
         return jobs
 
@@ -628,7 +629,7 @@ def wait_for_code(
         wait = poll
         if deadline is not None:
             wait = max(0.0, min(wait, deadline - time.monotonic()))
-        job = _retrying(lambda: ctx.server.job(job_id, wait=wait))
+        job = _retrying(lambda wait=wait: ctx.server.job(job_id, wait=wait))
         code = job_code(job)
         if code is not None:
             ctx.console.clear()
@@ -737,8 +738,7 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
             if reader.error is not None:
                 _stop_readers(readers)
                 raise ClientError(
-                    f"{reader.error.message}; job {job_id} may still be running "
-                    f"(see: {PROG} wait {job_id})",
+                    f"{reader.error.message}; job {job_id} may still be running (see: {PROG} wait {job_id})",
                     reader.error.exit_code,
                 )
         code, final = wait_for_code(ctx, job_id, started=started, state=state)
@@ -927,7 +927,7 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
             )
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         text = "".join(
-            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4] + "\n"
+            "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4] + "\n"
             for row in rows
         )
     else:

@@ -27,8 +27,9 @@ import os
 import re
 import signal
 import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from twisted.internet import endpoints
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -93,24 +94,16 @@ def _read_tokens(path: str, log: Logger) -> tuple[bytes, ...]:
         # Authorization header; anything else could never match, so it is
         # a mistake in the file (e.g. "token = abc") worth stopping for.
         if not all(0x21 <= byte <= 0x7E for byte in line):
-            raise ConfigError(
-                f"--token-file {path}: line {number}: a token must be printable ASCII "
-                "without spaces"
-            )
+            raise ConfigError(f"--token-file {path}: line {number}: a token must be printable ASCII without spaces")
         tokens.append(line)
     if not tokens:
-        raise ConfigError(
-            f"--token-file {path}: no tokens (the file is empty or has only comments)"
-        )
+        raise ConfigError(f"--token-file {path}: no tokens (the file is empty or has only comments)")
     if stat.S_ISREG(mode) and mode & stat.S_IROTH:
-        log.warn(
-            "token file {path} is readable by every user; chmod o-r it", path=path
-        )
+        log.warn("token file {path} is readable by every user; chmod o-r it", path=path)
     for number, token in enumerate(tokens, start=1):
         if len(token) < MIN_RECOMMENDED_TOKEN_LENGTH:
             log.warn(
-                "token file {path}: token {number} is shorter than {minimum} characters;"
-                " use a long random token",
+                "token file {path}: token {number} is shorter than {minimum} characters; use a long random token",
                 path=path,
                 number=number,
                 minimum=MIN_RECOMMENDED_TOKEN_LENGTH,
@@ -141,9 +134,7 @@ class TokenFile:
         try:
             tokens = _read_tokens(self.path, self.log)
         except OSError as e:
-            raise ConfigError(
-                f"--token-file {self.path}: cannot read it: {e.strerror or e}"
-            ) from None
+            raise ConfigError(f"--token-file {self.path}: cannot read it: {e.strerror or e}") from None
         return tuple(self._digest(token) for token in tokens)
 
     @property
@@ -167,9 +158,7 @@ class TokenFile:
             )
             return False
         self._digests = digests
-        self.log.info(
-            "tokens reloaded from {path}: {count} tokens", path=self.path, count=self.count
-        )
+        self.log.info("tokens reloaded from {path}: {count} tokens", path=self.path, count=self.count)
         return True
 
     def check(self, presented: bytes) -> bool:
@@ -221,9 +210,7 @@ class _Listener:
     loopback: bool = False
 
 
-def _bind(
-    function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]
-) -> dict[str, Any]:
+def _bind(function: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> dict[str, Any]:
     """Map endpoint string arguments to Twisted's own parser parameters."""
     try:
         bound = inspect.signature(function).bind(None, *args, **kwargs)
@@ -301,9 +288,7 @@ def is_local_endpoint(description: str) -> bool:
     return listener.kind == "unix" or listener.loopback
 
 
-def refuse_anonymous_exposure(
-    endpoint_descriptions: Iterable[str], *, has_tokens: bool, allow_anonymous: bool
-) -> None:
+def refuse_anonymous_exposure(endpoint_descriptions: Iterable[str], *, has_tokens: bool, allow_anonymous: bool) -> None:
     """Raise ConfigError if a non-local listener would serve without tokens."""
     if has_tokens or allow_anonymous:
         return
@@ -439,9 +424,7 @@ class HostPolicy:
         self._host_verdicts: dict[tuple[bytes, object], bool] = {}
 
     @classmethod
-    def from_listeners(
-        cls, endpoints: list[str], allowed_hosts: list[str], allowed_origins: list[str]
-    ) -> "HostPolicy":
+    def from_listeners(cls, endpoints: list[str], allowed_hosts: list[str], allowed_origins: list[str]) -> HostPolicy:
         """Build the policy; ConfigError for an unusable host/origin/endpoint."""
         hosts = set()
         for value in allowed_hosts:
@@ -451,9 +434,7 @@ class HostPolicy:
                 ip = _parse_ip(value.strip())
                 name = str(ip) if ip is not None else None
             if name is None:
-                raise ConfigError(
-                    f"--allowed-host {value!r}: expected a host name or address without port"
-                )
+                raise ConfigError(f"--allowed-host {value!r}: expected a host name or address without port")
             hosts.add(name)
         origins = set()
         for value in allowed_origins:
@@ -461,15 +442,11 @@ class HostPolicy:
             if text.endswith("/") and text.count("/") == 3:
                 text = text[:-1]
             if text.lower() == "null":
-                raise ConfigError(
-                    "--allowed-origin null: would admit sandboxed pages and local files "
-                    "from anywhere"
-                )
+                raise ConfigError("--allowed-origin null: would admit sandboxed pages and local files from anywhere")
             origin = _parse_origin(text)
             if origin is None:
                 raise ConfigError(
-                    f"--allowed-origin {value!r}: expected scheme://host[:port] with "
-                    "scheme http or https"
+                    f"--allowed-origin {value!r}: expected scheme://host[:port] with scheme http or https"
                 )
             origins.add(origin)
         rules = []
@@ -504,18 +481,14 @@ class HostPolicy:
             chosen = tuple(r for r in self._rules if r.kind in ("unix", "other"))
         elif isinstance(local, (IPv4Address, IPv6Address)):
             chosen = tuple(
-                r
-                for r in self._rules
-                if r.kind == "other" or (r.kind == "tcp" and r.port in (None, 0, local.port))
+                r for r in self._rules if r.kind == "other" or (r.kind == "tcp" and r.port in (None, 0, local.port))
             )
         else:
             chosen = ()
         # Unknown connection: the union of every listener's rules.
         return chosen or self._rules
 
-    def host_allowed(
-        self, host_header: bytes | None, is_tls: bool, *, local: object = None
-    ) -> bool:
+    def host_allowed(self, host_header: bytes | None, is_tls: bool, *, local: object = None) -> bool:
         """Whether a request with this ``Host`` header may proceed.
 
         ``local`` is the connection's own address (``request.getHost()``),
@@ -647,23 +620,18 @@ class GuardedResource(Resource):
 
         host_values = headers.getRawHeaders(b"host") or []
         if len(host_values) > 1:
-            return self._refused(
-                request, 400, "more than one Host header", "more than one Host header"
-            )
+            return self._refused(request, 400, "more than one Host header", "more than one Host header")
         host = host_values[0] if host_values else None
         if not self._hosts.host_allowed(host, is_tls, local=local):
             return self._refused(
                 request,
                 400,
                 "Host not allowed",
-                "the Host header does not name an address this server listens on "
-                "(see --allowed-host)",
+                "the Host header does not name an address this server listens on (see --allowed-host)",
             )
 
         origins = headers.getRawHeaders(b"origin") or []
-        if len(origins) > 1 or (
-            origins and not self._hosts.origin_allowed(origins[0], host, is_tls, local=local)
-        ):
+        if len(origins) > 1 or (origins and not self._hosts.origin_allowed(origins[0], host, is_tls, local=local)):
             return self._refused(
                 request,
                 403,
@@ -694,16 +662,10 @@ class GuardedResource(Resource):
         if not token:
             args = getattr(request, "args", None) or {}
             if any(name in args for name in QUERY_TOKEN_NAMES):
-                error = (
-                    "a token in the query string is not accepted; "
-                    "send the header 'Authorization: Bearer <token>'"
-                )
+                error = "a token in the query string is not accepted; send the header 'Authorization: Bearer <token>'"
             else:
                 error = "missing bearer token: send the header 'Authorization: Bearer <token>'"
             return self._refused(request, 401, "missing token", error, REALM)
         if not self._tokens.check(token):
-            return self._refused(
-                request, 401, "invalid token", "invalid bearer token", REALM_INVALID
-            )
+            return self._refused(request, 401, "invalid token", "invalid bearer token", REALM_INVALID)
         return None
-

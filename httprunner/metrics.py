@@ -101,7 +101,9 @@ class Metrics:
             ["state"],
             registry=r,
         )
-        self._finished_by_state = {state: finished.labels(state) for state in jobs.STATES if state in jobs.TERMINAL_STATES}
+        self._finished_by_state = {
+            state: finished.labels(state) for state in jobs.STATES if state in jobs.TERMINAL_STATES
+        }
         self.jobs_finished = finished
 
         running = Gauge("httprunner_jobs_running", "Jobs whose process is running now.", registry=r)
@@ -184,7 +186,9 @@ class Metrics:
         """Count one delivery attempt: delivered, retry, failed or refused."""
         child = self._callbacks.get(outcome)
         if child is None:
-            raise ValueError("unknown callback outcome %r; expected one of %s" % (outcome, ", ".join(CALLBACK_OUTCOMES)))
+            raise ValueError(
+                "unknown callback outcome %r; expected one of %s" % (outcome, ", ".join(CALLBACK_OUTCOMES))
+            )
         child.inc()
 
     def http_request(self, route: str, method: str, status: int) -> None:

@@ -35,14 +35,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.cookiejar import Cookie, CookieJar
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 from urllib.parse import quote, urlsplit
 
 import idna
 from OpenSSL import SSL
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
-from twisted.internet.address import IPv4Address as TwistedIPv4, IPv6Address as TwistedIPv6
+from twisted.internet.address import IPv4Address as TwistedIPv4
+from twisted.internet.address import IPv6Address as TwistedIPv6
 from twisted.internet.defer import (
     CancelledError,
     Deferred,
@@ -105,9 +107,7 @@ _LABEL = re.compile(r"\A(?!-)[a-z0-9_-]{1,63}(?<!-)\Z")
 # outside printable ASCII (Twisted refuses to send it) and the characters the
 # URL standard encodes in paths/queries. '[' and ']' are included because
 # hyperlink (inside treq) would re-encode them in queries anyway.
-_TARGET_SAFE = "".join(
-    c for c in map(chr, range(0x21, 0x7F)) if c not in '"<>\\^`{|}[]'
-)
+_TARGET_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in '"<>\\^`{|}[]')
 
 
 class CallbackURLError(ValueError):
@@ -306,10 +306,7 @@ class CallbackGuard:
         if any(address in network for network in self.networks):
             return None
         if any(address in network for network in _LINK_LOCAL):
-            return (
-                f"callback target address {address} is link-local "
-                "(refused unless --callback-allow lists it)"
-            )
+            return f"callback target address {address} is link-local (refused unless --callback-allow lists it)"
         if not self.restricted or (host_name is not None and host_name in self.names):
             return None
         return f"callback target address {address} is not allowed by --callback-allow"
@@ -423,7 +420,7 @@ def load_callback_secret(path: str) -> bytes:
         raise ValueError(f"callback secret file {path!r} is empty (the secret is its first line)")
     if line.startswith("whsec_"):
         try:
-            key = base64.b64decode(line[len("whsec_"):], validate=True)
+            key = base64.b64decode(line[len("whsec_") :], validate=True)
         except ValueError:
             raise ValueError(f"callback secret file {path!r}: whsec_ secret is not valid base64") from None
         if not key:
@@ -730,9 +727,7 @@ class Notifier:
         delay: float = min(self._backoff_base * 2 ** (attempt - 1), self._backoff_cap)
         return delay * (0.8 + 0.4 * self._random())
 
-    def deliver(
-        self, job_id: str, url: str, body: bytes, delivery: CallbackDelivery
-    ) -> Deferred[CallbackDelivery]:
+    def deliver(self, job_id: str, url: str, body: bytes, delivery: CallbackDelivery) -> Deferred[CallbackDelivery]:
         """POST ``body`` to ``url``; fires with ``delivery`` when it is final. Never errbacks."""
         if self._stopped:
             delivery.state = DELIVERY_FAILED
@@ -743,15 +738,11 @@ class Notifier:
         except CallbackURLError as e:
             delivery.state = DELIVERY_FAILED
             delivery.last_error = str(e)
-            self.log.warn(
-                "callback for job {job_id} not sent: {error}", job_id=job_id, error=str(e)
-            )
+            self.log.warn("callback for job {job_id} not sent: {error}", job_id=job_id, error=str(e))
             return succeed(delivery)
 
         pending = _Pending()
-        result: Deferred[CallbackDelivery] = Deferred(
-            lambda d: self._abort(pending, CANCELED_ERROR, d, delivery)
-        )
+        result: Deferred[CallbackDelivery] = Deferred(lambda d: self._abort(pending, CANCELED_ERROR, d, delivery))
         self._pending.add(pending)
 
         def finished(_: object) -> None:
@@ -863,9 +854,7 @@ class Notifier:
             delivery.last_error = "internal error"
             self.log.failure("callback for job {job_id} crashed", job_id=job_id)
 
-    async def _attempt_with_deadline(
-        self, job_id: str, target: CallbackTarget, body: bytes
-    ) -> _Result:
+    async def _attempt_with_deadline(self, job_id: str, target: CallbackTarget, body: bytes) -> _Result:
         """One attempt, canceled ``timeout`` seconds after it starts.
 
         The deadline covers resolution, connect, request and the body read
@@ -942,8 +931,7 @@ class Notifier:
         )
         if result.delivered:
             self.log.info(
-                "callback for job {job_id} delivered to {url!r} on attempt {attempt} "
-                "(HTTP {status})",
+                "callback for job {job_id} delivered to {url!r} on attempt {attempt} (HTTP {status})",
                 **fields,
             )
         else:
@@ -963,9 +951,7 @@ class Notifier:
                 if not addresses:
                     return _Result(error=f"could not resolve {target.host!r}", retry=True)
             for address in addresses:
-                reason = self._guard.refusal(
-                    address, None if target.address is not None else target.host
-                )
+                reason = self._guard.refusal(address, None if target.address is not None else target.host)
                 if reason is not None:
                     return _Result(error=reason, refused=True)
             client = self._client_for(target, addresses)
@@ -989,9 +975,7 @@ class Notifier:
             if text == _TIMED_OUT:
                 text = f"timed out after {self._timeout:g} s"
             if not network:
-                self.log.failure(
-                    "callback for job {job_id}: unexpected error", Failure(), job_id=job_id
-                )
+                self.log.failure("callback for job {job_id}: unexpected error", Failure(), job_id=job_id)
             return _Result(error=text, retry=network)
 
     def _resolve(self, host: str, port: int) -> Deferred[list[IPAddress]]:

@@ -83,7 +83,7 @@ def decode_json_object(body: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise RequestError("the body is not valid UTF-8 (byte %d)" % e.start) from None
     if not text.strip():
-        raise RequestError("the body is empty; send a JSON object like {\"command\": \"echo\"}")
+        raise RequestError('the body is empty; send a JSON object like {"command": "echo"}')
     try:
         document = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except RequestError:

@@ -206,33 +206,22 @@ class CommandRule:
             # arguments beyond the listed positions.
             limit = len(self.arg_patterns) if limit is None else min(limit, len(self.arg_patterns))
         if limit is not None and len(args) > limit:
-            raise PolicyError(
-                403, f"{_show(self.name)} takes at most {limit} argument(s), got {len(args)}"
-            )
+            raise PolicyError(403, f"{_show(self.name)} takes at most {limit} argument(s), got {len(args)}")
         if len(args) < self.min_args:
-            raise PolicyError(
-                403, f"{_show(self.name)} takes at least {self.min_args} argument(s), got {len(args)}"
-            )
+            raise PolicyError(403, f"{_show(self.name)} takes at least {self.min_args} argument(s), got {len(args)}")
         for position, arg in enumerate(args, start=1):
             if self.max_arg_length is not None and len(arg.encode("utf-8")) > self.max_arg_length:
                 raise PolicyError(
                     403,
-                    f"argument {position} of {_show(self.name)} is longer than "
-                    f"{self.max_arg_length} bytes",
+                    f"argument {position} of {_show(self.name)} is longer than {self.max_arg_length} bytes",
                 )
             if arg.startswith("-") and not self._flag_allowed(arg):
                 raise PolicyError(
                     403, f"argument {position} of {_show(self.name)} is a flag that is not allowed: {_show(arg)}"
                 )
-            pattern = (
-                self.arg_patterns[position - 1]
-                if position <= len(self.arg_patterns)
-                else self.rest_pattern
-            )
+            pattern = self.arg_patterns[position - 1] if position <= len(self.arg_patterns) else self.rest_pattern
             if pattern is not None and pattern.fullmatch(arg) is None:
-                raise PolicyError(
-                    403, f"argument {position} of {_show(self.name)} is not allowed: {_show(arg)}"
-                )
+                raise PolicyError(403, f"argument {position} of {_show(self.name)} is not allowed: {_show(arg)}")
 
     def _flag_allowed(self, arg: str) -> bool:
         if arg in self.flags:
@@ -258,11 +247,7 @@ def default_environment(environ: Mapping[str, str], pass_env: Iterable[str] = ()
     without ``PATH`` gives its jobs :data:`DEFAULT_PATH`.
     """
     env = {name: environ[name] for name in DEFAULT_ENV_NAMES if name in environ}
-    env.update(
-        (name, value)
-        for name, value in environ.items()
-        if name.startswith(DEFAULT_ENV_PREFIXES)
-    )
+    env.update((name, value) for name, value in environ.items() if name.startswith(DEFAULT_ENV_PREFIXES))
     env.update((name, environ[name]) for name in pass_env if name in environ)
     env.setdefault("PATH", DEFAULT_PATH)
     return env
@@ -324,9 +309,7 @@ class Policy:
                 _check_env_name(name, option)
         for name in pass_env:
             if name not in environ:
-                warnings.append(
-                    f"--pass-env {name}: not set in the daemon's environment, jobs will not get it"
-                )
+                warnings.append(f"--pass-env {name}: not set in the daemon's environment, jobs will not get it")
         search_path = environ.get("PATH") or DEFAULT_PATH
 
         rules: dict[str, CommandRule] | None = None
@@ -351,17 +334,13 @@ class Policy:
                 rules[entry] = CommandRule(name=entry, program=program, source="--whitelist")
 
         if rules is None:
-            warnings.append(
-                "no --whitelist or --policy: any command may run, with any arguments, "
-                "as the daemon's user"
-            )
+            warnings.append("no --whitelist or --policy: any command may run, with any arguments, as the daemon's user")
         else:
             warnings.extend(_rule_warnings(rules))
         for name in sorted(allow_env):
             if _RISKY_ENV.fullmatch(name):
                 warnings.append(
-                    f"--allow-env {name}: a request may set {name}, which can make a "
-                    "program load or run other code"
+                    f"--allow-env {name}: a request may set {name}, which can make a program load or run other code"
                 )
         return cls(
             rules,
@@ -401,9 +380,7 @@ class Policy:
             allowed = self._allow_env if rule is None else self._allow_env | rule.env_names
             for name, value in env.items():
                 if not isinstance(name, str) or name not in allowed:
-                    raise PolicyError(
-                        400, f"env: a request may not set {_show(name)} for {_show(command)}"
-                    )
+                    raise PolicyError(400, f"env: a request may not set {_show(name)} for {_show(command)}")
                 if not isinstance(value, str):
                     raise PolicyError(400, f"env: the value of {name} must be a string")
                 _check_exec_string(value, f"env {name}")
@@ -559,7 +536,9 @@ class _Lines:
     """
 
     _HEADER = re.compile(r"\s*\[[^\[].*\]\s*(#.*)?$")
-    _KEY = re.compile(r"""\s*((?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*'))*)\s*=""")
+    _KEY = re.compile(
+        r"""\s*((?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"\n]*"|'[^'\n]*'))*)\s*="""
+    )
 
     def __init__(self, text: str) -> None:
         self._lines: dict[tuple[str, ...], int] = {}
@@ -585,7 +564,7 @@ class _Lines:
             return None
         keys = []
         while isinstance(data, dict) and len(data) == 1:
-            (key, data), = data.items()
+            ((key, data),) = data.items()
             keys.append(key)
         return tuple(keys) if keys else None
 
@@ -637,9 +616,7 @@ def _load_policy_file(path: str, search_path: str, check_files: bool) -> dict[st
     ctx = _FileContext(path, text)
     unknown = sorted(set(data) - {"commands"})
     if unknown:
-        raise ctx.error(
-            f"unknown top-level key {unknown[0]!r} (expected only [commands.NAME] tables)", unknown[0]
-        )
+        raise ctx.error(f"unknown top-level key {unknown[0]!r} (expected only [commands.NAME] tables)", unknown[0])
     commands = data.get("commands")
     if not isinstance(commands, dict) or not commands:
         raise ctx.error("defines no command: add a [commands.NAME] table", "commands")
@@ -649,9 +626,7 @@ def _load_policy_file(path: str, search_path: str, check_files: bool) -> dict[st
     return rules
 
 
-def _parse_command(
-    ctx: _FileContext, name: str, table: object, search_path: str, check_files: bool
-) -> CommandRule:
+def _parse_command(ctx: _FileContext, name: str, table: object, search_path: str, check_files: bool) -> CommandRule:
     where = f"[commands.{_toml_key(name)}]"
 
     def fail(problem: str, *key: str) -> ConfigError:
@@ -663,9 +638,7 @@ def _parse_command(
         raise fail("must be a table of settings")
     unknown = sorted(set(table) - _COMMAND_KEYS)
     if unknown:
-        raise fail(
-            f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_COMMAND_KEYS))})", unknown[0]
-        )
+        raise fail(f"unknown key {unknown[0]!r} (known: {', '.join(sorted(_COMMAND_KEYS))})", unknown[0])
 
     def string(key: str) -> str | None:
         value = table.get(key)
@@ -693,12 +666,7 @@ def _parse_command(
         value = table.get(key)
         if value is None:
             return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value <= 0
-        ):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
             raise fail(f"{key}: expected a number of seconds > 0, got {value!r}", key)
         return float(value)
 

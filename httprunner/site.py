@@ -66,9 +66,7 @@ ACCESS_LOG_NAMESPACE = "httprunner.access"
 # The text rendering of an access event.  method_text and path_text are the
 # escaped forms of the raw method and path fields (see _log_safe), so user
 # data can never start a new line or colour a terminal.
-ACCESS_LOG_FORMAT = (
-    "{method_text} {path_text} -> {status} ({duration:.3f}s, {bytes} bytes, {peer})"
-)
+ACCESS_LOG_FORMAT = "{method_text} {path_text} -> {status} ({duration:.3f}s, {bytes} bytes, {peer})"
 # The same for a request whose client hung up before the answer was complete
 # (a long poll given up, a followed output stream closed).
 ACCESS_LOG_FORMAT_ABANDONED = ACCESS_LOG_FORMAT + " client went away"
@@ -269,9 +267,7 @@ class HttpRunnerChannel(http.HTTPChannel):
         # being answered"; bytes arriving then are buffered, not parsed.
         if self._deadline_call is None and not self._handlingRequest:
             self.request_started = self.site.monotonic()
-            self._deadline_call = self.callLater(
-                self.site.request_timeout, self._deadline_passed
-            )
+            self._deadline_call = self.callLater(self.site.request_timeout, self._deadline_passed)
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
@@ -341,9 +337,7 @@ class HttpRunnerChannel(http.HTTPChannel):
 
         self._networkProducer.unregisterProducer()
         transport = self.transport
-        if INegotiated.providedBy(transport) or not hasattr(
-            transport, "loseWriteConnection"
-        ):
+        if INegotiated.providedBy(transport) or not hasattr(transport, "loseWriteConnection"):
             # TLS has no half-close of its own (shutting down TCP under it
             # would skip close_notify); close the ordinary way.
             transport.loseConnection()
@@ -481,9 +475,7 @@ class _RefusedConnection(Protocol):
 
     def connectionMade(self) -> None:
         body = error_body(_OVER_LIMIT_RESPONSE_STATUS, "too many connections")
-        self.transport.write(
-            _early_response(_OVER_LIMIT_RESPONSE_STATUS, body, b"Retry-After: 1\r\n")
-        )
+        self.transport.write(_early_response(_OVER_LIMIT_RESPONSE_STATUS, body, b"Retry-After: 1\r\n"))
         self.transport.loseConnection()
 
 
@@ -560,8 +552,7 @@ class ConnectionLimiter(WrappingFactory):
         now = self._monotonic()
         if self._last_warning is None or now - self._last_warning >= REFUSAL_WARNING_INTERVAL:
             self.log.warn(
-                "Refused {count} connection(s) over the {limit} connection limit"
-                " (last from {peer_text})",
+                "Refused {count} connection(s) over the {limit} connection limit (last from {peer_text})",
                 count=self._refused_since_warning,
                 limit=limit,
                 peer=peer,

@@ -26,7 +26,6 @@ from twisted.python import usage
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
 from httprunner.guard import ConfigError as GuardConfigError
-from httprunner.metrics import Metrics
 from httprunner.guard import (
     GuardedResource,
     HostPolicy,
@@ -34,6 +33,7 @@ from httprunner.guard import (
     install_reload_on_sighup,
     refuse_anonymous_exposure,
 )
+from httprunner.metrics import Metrics
 from httprunner.notify import CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
@@ -57,11 +57,15 @@ def parse_size(text: str) -> int:
     return int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
 
 
-def _number(name: str, text: str, *, kind: Callable[[str], Any] = float, minimum: float = 0, maximum: float | None = None) -> Any:
+def _number(
+    name: str, text: str, *, kind: Callable[[str], Any] = float, minimum: float = 0, maximum: float | None = None
+) -> Any:
     try:
         value = kind(text)
     except (TypeError, ValueError):
-        raise usage.UsageError("--%s: %r is not a %s" % (name, text, "whole number" if kind is int else "number")) from None
+        raise usage.UsageError(
+            "--%s: %r is not a %s" % (name, text, "whole number" if kind is int else "number")
+        ) from None
     if value != value or value < minimum or (maximum is not None and value > maximum) or value == float("inf"):
         bound = ">= %s" % minimum if maximum is None else "between %s and %s" % (minimum, maximum)
         raise usage.UsageError("--%s: %r is out of range (must be %s)" % (name, text, bound))
@@ -189,9 +193,7 @@ class Options(usage.Options):
                 allow_env=self["allow_env"],
             )
             self["tokens"] = TokenFile(self["token-file"]) if self["token-file"] else None
-            self["hosts"] = HostPolicy.from_listeners(
-                self["endpoints"], self["allowed_host"], self["allowed_origin"]
-            )
+            self["hosts"] = HostPolicy.from_listeners(self["endpoints"], self["allowed_host"], self["allowed_origin"])
             self["callback_guard"] = CallbackGuard(self["callback_allow"])
             secret_file = self["callback-secret-file"]
             self["callback_secret"] = load_callback_secret(secret_file) if secret_file else None
@@ -240,9 +242,7 @@ class DaemonService(MultiService):
 
     def startService(self) -> None:
         if os.getuid() == 0 and not self.allow_root:
-            raise _refuse(
-                "refusing to run as root: use twistd --uid/--gid to drop privileges, or --allow-root"
-            )
+            raise _refuse("refusing to run as root: use twistd --uid/--gid to drop privileges, or --allow-root")
         for warning in self.warnings:
             log.warn("{warning}", warning=warning)
         super().startService()
@@ -349,7 +349,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         on_request=metrics.http_request,
         access_log=not options["no-access-log"],
     )
-    top = DaemonService(reactor=reactor, allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"])
+    top = DaemonService(
+        reactor=reactor, allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"]
+    )
     # MultiService stops children in reverse order: listeners first (stop
     # accepting), then the runner (end the jobs), then pending callbacks.
     _Shutdown(notifier, grace=5.0).setServiceParent(top)

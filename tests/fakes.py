@@ -94,7 +94,9 @@ class FakeProcessReactor(MemoryReactorClock):
         self.next_pid = 1000
         self.spawn_error: BaseException | None = None
 
-    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None, uid=None, gid=None, usePTY=0, childFDs=None):  # type: ignore[no-untyped-def]
+    def spawnProcess(
+        self, processProtocol, executable, args=(), env=None, path=None, uid=None, gid=None, usePTY=0, childFDs=None
+    ):  # type: ignore[no-untyped-def]
         if self.spawn_error is not None:
             raise self.spawn_error
         self.next_pid += 1

@@ -36,8 +36,12 @@ class App:
             monotonic=self.reactor.seconds,
             killpg=lambda pid, sig: None,
         )
-        policy = Policy.from_options(whitelist=None, policy_file=None, pass_env=[], allow_env=["ALLOWED"], environ={"PATH": str(tmp_path)})
-        self.api = JobAPI(runner=self.runner, store=self.store, policy=policy, limits=Limits(**limits), callback_guard=CallbackGuard())
+        policy = Policy.from_options(
+            whitelist=None, policy_file=None, pass_env=[], allow_env=["ALLOWED"], environ={"PATH": str(tmp_path)}
+        )
+        self.api = JobAPI(
+            runner=self.runner, store=self.store, policy=policy, limits=Limits(**limits), callback_guard=CallbackGuard()
+        )
         self.treq = StubTreq(self.api.resource())
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, bytes]:

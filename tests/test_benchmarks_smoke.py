@@ -24,7 +24,12 @@ METRICS = [
     "baseline_klein_get_c16_rps",
     "baseline_klein_get_c64_rps",
     *("baseline_klein_post_c%d_%s" % (c, m) for c in (1, 16, 64) for m in ("rps", "p99_ms")),
-    *("submit_%s_c%d_%s" % (cmd, c, m) for cmd in ("echo", "true") for c in (1, 16, 64) for m in ("rps", "p50_ms", "p99_ms")),
+    *(
+        "submit_%s_c%d_%s" % (cmd, c, m)
+        for cmd in ("echo", "true")
+        for c in (1, 16, 64)
+        for m in ("rps", "p50_ms", "p99_ms")
+    ),
     "e2e_poll_jobs_per_s",
     "e2e_longpoll_jobs_per_s",
     "e2e_callback_jobs_per_s",
@@ -65,6 +70,10 @@ def test_quick_run_reports_every_metric_and_compares(tmp_path: Path) -> None:
     assert "rss_per_retained_job_bytes" in run.stdout
 
     compared = subprocess.run(
-        [sys.executable, str(BENCH / "compare.py"), str(out), str(out)], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, str(BENCH / "compare.py"), str(out), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     assert "e2e_poll_jobs_per_s" in compared.stdout and "WORSE" not in compared.stdout

@@ -22,15 +22,16 @@ import sys
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from .conftest import as_from_a_terminal
-
 from httprunner import client
+
+from .conftest import as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
@@ -237,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         while True:
             with daemon.cond:
                 daemon.cond.wait_for(
-                    lambda: len(job.streams[stream]) > position or job.code is not None or not follow,
+                    lambda position=position: len(job.streams[stream]) > position or job.code is not None or not follow,
                     timeout=TIMEOUT,
                 )
                 data = bytes(job.streams[stream][position : position + daemon.chunk_size])
@@ -440,7 +441,13 @@ def test_connection_refused_is_one_line_and_exit_201() -> None:
 @pytest.mark.parametrize(
     "status, error, headers, exit_code, shown",
     [
-        (401, "missing or invalid token", {"WWW-Authenticate": "Bearer"}, 203, "401 Unauthorized: missing or invalid token"),
+        (
+            401,
+            "missing or invalid token",
+            {"WWW-Authenticate": "Bearer"},
+            203,
+            "401 Unauthorized: missing or invalid token",
+        ),
         (403, "command not allowed: rm", {}, 203, "403 Forbidden: command not allowed: rm"),
         (400, "args must be a string or an array", {}, 202, "400 Bad Request: args must be"),
         (413, "body over 65536 bytes", {}, 202, "413 Request Entity Too Large: body over"),
@@ -757,7 +764,9 @@ def test_list_passes_filters_and_prints_json_or_a_table(fake: FakeDaemon) -> Non
 # -- progress line -----------------------------------------------------------
 
 
-def test_progress_line_on_a_terminal_is_cleared_before_output(fake: FakeDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_progress_line_on_a_terminal_is_cleared_before_output(
+    fake: FakeDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(client, "PROGRESS_IDLE", 0.05)
     monkeypatch.setattr(client, "PROGRESS_TICK", 0.05)
 
@@ -862,6 +871,7 @@ def test_a_stream_that_keeps_breaking_before_any_byte_is_given_up(
 ) -> None:
     monkeypatch.setattr(client, "RECONNECT_FOR", 0.5)
     fake.script = endless
+
     def headers_then_hang_up(self: Handler, job: FakeJob, stream: str, offset: int, follow: bool) -> None:
         self.send_response(200)
         self.send_header("X-Output-Offset", str(offset))

@@ -20,8 +20,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -116,9 +117,7 @@ def test_ctrl_c_cancels_the_remote_job_and_exits_130(httprunner_daemon: Daemon) 
     proc = spawn_client(httprunner_daemon, "run", "--", "sleep", "60")
     try:
         # Wait until the client has submitted and the job really runs.
-        wait_until(
-            lambda: [j["state"] for j in httprunner_daemon.api("GET", "/jobs")[1]["jobs"]] == ["running"]
-        )
+        wait_until(lambda: [j["state"] for j in httprunner_daemon.api("GET", "/jobs")[1]["jobs"]] == ["running"])
         proc.send_signal(signal.SIGINT)
         assert proc.wait(TIMEOUT) == 130
     finally:
@@ -142,9 +141,7 @@ def test_stopped_server_is_connection_refused_exit_201(start_daemon: Callable[..
     assert len(lines) == 1 and "connection refused" in lines[0], lines
 
 
-def test_wrong_token_is_401_exit_203_and_right_token_works(
-    start_daemon: Callable[..., Daemon], tmp_path: Path
-) -> None:
+def test_wrong_token_is_401_exit_203_and_right_token_works(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text("right-token\n")
     daemon = start_daemon("--token-file", str(tokens))
@@ -201,9 +198,9 @@ def test_submit_wait_status_logs_list(httprunner_daemon: Daemon) -> None:
 
 
 def test_logs_follow_prints_until_the_job_ends(httprunner_daemon: Daemon) -> None:
-    job_id = client(
-        httprunner_daemon, "submit", "--", "sh", "-c", "echo one; sleep 1; echo two"
-    ).stdout.decode().strip()
+    job_id = (
+        client(httprunner_daemon, "submit", "--", "sh", "-c", "echo one; sleep 1; echo two").stdout.decode().strip()
+    )
     result = client(httprunner_daemon, "logs", "-f", job_id)
     assert (result.returncode, result.stdout) == (0, b"one\ntwo\n")
 
@@ -302,15 +299,11 @@ def test_run_resumes_a_cut_stream_from_the_real_daemon_without_loss(httprunner_d
     proxy = CuttingProxy(httprunner_daemon.port, cut_after=20_000)
     try:
         expected = subprocess.run(["seq", "1", "60000"], capture_output=True, check=True).stdout
-        result = client(
-            None, "run", "--", "seq", "1", "60000", HTTPRUNNER_URL=f"http://127.0.0.1:{proxy.port}"
-        )
+        result = client(None, "run", "--", "seq", "1", "60000", HTTPRUNNER_URL=f"http://127.0.0.1:{proxy.port}")
     finally:
         proxy.close()
     assert proxy.cuts == 1
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected  # nothing lost, nothing written twice
-    offsets = [
-        int(m.group(1)) for line in proxy.request_lines if (m := re.search(r"/stdout\?offset=(\d+)", line))
-    ]
+    offsets = [int(m.group(1)) for line in proxy.request_lines if (m := re.search(r"/stdout\?offset=(\d+)", line))]
     assert offsets[0] == 0 and len(offsets) >= 2 and 0 < offsets[1] < len(expected)

@@ -153,7 +153,9 @@ def test_healthz_answers_while_a_hundred_jobs_wait(start_daemon: Callable[..., D
 
 
 def test_daemon_environment_does_not_leak(start_daemon: Callable[..., Daemon]) -> None:
-    daemon = start_daemon("--pass-env", "HTTPRUNNER_PASSED", env=child_env(AWS_SECRET_ACCESS_KEY="hunter2", HTTPRUNNER_PASSED="yes"))
+    daemon = start_daemon(
+        "--pass-env", "HTTPRUNNER_PASSED", env=child_env(AWS_SECRET_ACCESS_KEY="hunter2", HTTPRUNNER_PASSED="yes")
+    )
     job = daemon.wait(daemon.submit("env")["id"])
     assert "hunter2" not in job["stdout"] and "HTTPRUNNER_PASSED=yes" in job["stdout"]
     assert "HTTPRUNNER_JOB_ID=%s" % job["id"] in job["stdout"]
@@ -253,7 +255,15 @@ def test_sigterm_ends_every_job_even_one_that_ignores_term(start_daemon: Callabl
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(body=st.one_of(st.binary(max_size=300), st.dictionaries(st.sampled_from(["command", "args", "timeout", "env", "stdin", "callback", "x"]), st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3))).map(lambda d: json.dumps(d).encode())))
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(
+            st.sampled_from(["command", "args", "timeout", "env", "stdin", "callback", "x"]),
+            st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.text(max_size=5), max_size=3)),
+        ).map(lambda d: json.dumps(d).encode()),
+    )
+)
 def test_any_body_gets_202_or_4xx_never_5xx(shared_daemon: Daemon, body: bytes) -> None:
     status, headers, data = shared_daemon.request("POST", "/", body)
     assert status == 202 or 400 <= status < 500, data
@@ -302,7 +312,11 @@ def test_a_port_in_use_is_a_clear_refusal(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            twistd_command("--allow-root", "-p", str(port)), cwd=tmp_path, env=child_env(), capture_output=True, timeout=TIMEOUT
+            twistd_command("--allow-root", "-p", str(port)),
+            cwd=tmp_path,
+            env=child_env(),
+            capture_output=True,
+            timeout=TIMEOUT,
         )
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0 and "Traceback" not in output
@@ -311,7 +325,9 @@ def test_a_port_in_use_is_a_clear_refusal(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the root refusal needs root")
 def test_root_is_refused_without_allow_root(tmp_path: Path) -> None:
-    result = subprocess.run(twistd_command("-p", "0"), cwd=tmp_path, env=child_env(), capture_output=True, timeout=TIMEOUT)
+    result = subprocess.run(
+        twistd_command("-p", "0"), cwd=tmp_path, env=child_env(), capture_output=True, timeout=TIMEOUT
+    )
     output = (result.stdout + result.stderr).decode()
     assert result.returncode != 0 and "Traceback" not in output
     assert "refusing to run as root" in output.strip().splitlines()[-1]
@@ -322,7 +338,17 @@ def test_daemonized_with_pidfile_and_logfile(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    command = [str(twistd_command()[0]), "--pidfile", str(pidfile), "--logfile", str(logfile), "httprunner", "--allow-root", "-p", str(port)]
+    command = [
+        str(twistd_command()[0]),
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(logfile),
+        "httprunner",
+        "--allow-root",
+        "-p",
+        str(port),
+    ]
     assert subprocess.run(command, cwd=tmp_path, env=child_env(), timeout=TIMEOUT).returncode == 0
     pid = int(pidfile.read_text())
     try:

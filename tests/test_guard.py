@@ -96,13 +96,14 @@ async def call(resource, method="GET", url="http://127.0.0.1:9000/jobs", headers
     return response.code, response.headers, body
 
 
-def raw_exchange(resource, data: bytes, local=IPv4Address("TCP", "127.0.0.1", 9000)):
+LOOPBACK_9000 = IPv4Address("TCP", "127.0.0.1", 9000)
+
+
+def raw_exchange(resource, data: bytes, local=LOOPBACK_9000):
     """Feed raw request bytes to a Site; return (status, raw response)."""
     site = server.Site(resource)
     protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-    transport = StringTransport(
-        hostAddress=local, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000)
-    )
+    transport = StringTransport(hostAddress=local, peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
     protocol.makeConnection(transport)
     protocol.dataReceived(data)
     response = transport.value()
@@ -156,9 +157,7 @@ async def test_wrong_token_answers_401_invalid_token(tmp_path, presented):
         resource, "POST", "http://127.0.0.1:9000/", {"Authorization": b"Bearer " + presented}
     )
     assert code == 401
-    assert headers.getRawHeaders(b"www-authenticate") == [
-        b'Bearer realm="httprunner", error="invalid_token"'
-    ]
+    assert headers.getRawHeaders(b"www-authenticate") == [b'Bearer realm="httprunner", error="invalid_token"']
     assert json.loads(body)["error"] == "invalid bearer token"
     assert tiny.created == 0
 
@@ -171,9 +170,7 @@ async def test_bearer_scheme_is_case_insensitive(tmp_path, scheme):
     assert code == 200
 
 
-@pytest.mark.parametrize(
-    "authorization", [b"Basic " + TOKEN, TOKEN, b"Bearer", b"Bearer    ", b"Token " + TOKEN]
-)
+@pytest.mark.parametrize("authorization", [b"Basic " + TOKEN, TOKEN, b"Bearer", b"Bearer    ", b"Token " + TOKEN])
 @pytest_twisted.ensureDeferred
 async def test_other_schemes_and_empty_bearer_count_as_missing(tmp_path, authorization):
     _, resource = guarded(tmp_path, TOKEN.decode())
@@ -220,9 +217,7 @@ async def test_without_token_file_no_token_is_needed(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_two_authorization_headers_are_refused(tmp_path):
     _, resource = guarded(tmp_path, TOKEN.decode())
-    code, _, _ = await call(
-        resource, headers={"Authorization": [b"Bearer " + TOKEN, b"Bearer " + OTHER_TOKEN]}
-    )
+    code, _, _ = await call(resource, headers={"Authorization": [b"Bearer " + TOKEN, b"Bearer " + OTHER_TOKEN]})
     assert code == 401
 
 
@@ -252,8 +247,7 @@ def test_token_file_skips_comments_blank_lines_and_whitespace(tmp_path):
     tokens = TokenFile(
         token_file(
             tmp_path,
-            f"# deploy robots\n\n   {TOKEN.decode()}  \n"
-            f"\t# old one below\n{OTHER_TOKEN.decode()}\r\n",
+            f"# deploy robots\n\n   {TOKEN.decode()}  \n\t# old one below\n{OTHER_TOKEN.decode()}\r\n",
         )
     )
     assert tokens.count == 2
@@ -407,9 +401,7 @@ def test_request_without_host_header_passes():
 
 def test_two_host_headers_are_refused():
     _, resource = guarded()
-    status, _ = raw_exchange(
-        resource, b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n"
-    )
+    status, _ = raw_exchange(resource, b"GET /jobs HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n")
     assert status == 400
 
 
@@ -447,9 +439,7 @@ def test_host_policy_table(endpoints, allowed, host, ok):
 
 
 def test_host_rules_follow_the_listener_the_request_came_in_on():
-    policy = HostPolicy.from_listeners(
-        ["tcp:9000:interface=127.0.0.1", "unix:/run/h.sock"], [], []
-    )
+    policy = HostPolicy.from_listeners(["tcp:9000:interface=127.0.0.1", "unix:/run/h.sock"], [], [])
     tcp = IPv4Address("TCP", "127.0.0.1", 9000)
     # A unix listener admits any Host, but that must not open the TCP one.
     assert not policy.host_allowed(b"evil.example", False, local=tcp)
@@ -510,9 +500,7 @@ async def test_origin_is_checked_before_the_token(tmp_path):
 
 def test_origin_without_host_header_is_refused():
     _, resource = guarded()
-    status, _ = raw_exchange(
-        resource, b"POST / HTTP/1.0\r\nOrigin: http://127.0.0.1:9000\r\nContent-Length: 0\r\n\r\n"
-    )
+    status, _ = raw_exchange(resource, b"POST / HTTP/1.0\r\nOrigin: http://127.0.0.1:9000\r\nContent-Length: 0\r\n\r\n")
     assert status == 403
 
 
@@ -559,9 +547,7 @@ def test_is_local_endpoint_rejects_non_endpoints(bad):
 
 def test_non_loopback_listener_without_tokens_refuses_to_start():
     with pytest.raises(ConfigError) as info:
-        refuse_anonymous_exposure(
-            ["tcp:9000:interface=127.0.0.1", "tcp:9001"], has_tokens=False, allow_anonymous=False
-        )
+        refuse_anonymous_exposure(["tcp:9000:interface=127.0.0.1", "tcp:9001"], has_tokens=False, allow_anonymous=False)
     message = str(info.value)
     assert "tcp:9001" in message and "127.0.0.1" not in message
     assert "--token-file" in message and "--allow-anonymous" in message
@@ -575,9 +561,7 @@ def test_non_loopback_listener_without_tokens_refuses_to_start():
         (["tcp:9000"], False, True),
     ],
 )
-def test_local_listeners_or_tokens_or_explicit_anonymous_may_start(
-    endpoints, has_tokens, allow_anonymous
-):
+def test_local_listeners_or_tokens_or_explicit_anonymous_may_start(endpoints, has_tokens, allow_anonymous):
     refuse_anonymous_exposure(endpoints, has_tokens=has_tokens, allow_anonymous=allow_anonymous)
 
 
@@ -645,9 +629,7 @@ _header_values = st.one_of(
 )
 
 
-@settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     headers=st.lists(
         st.tuples(st.sampled_from([b"host", b"origin", b"authorization"]), _header_values),
@@ -659,9 +641,7 @@ def test_arbitrary_header_bytes_give_4xx_or_pass_never_an_exception(tmp_path, he
     resource = GuardedResource(
         Passed(),
         tokens=TokenFile(token_file(tmp_path, TOKEN.decode())),
-        hosts=HostPolicy.from_listeners(
-            ["tcp:9000:interface=127.0.0.1", "tcp:9001"], ["runner.lan"], []
-        ),
+        hosts=HostPolicy.from_listeners(["tcp:9000:interface=127.0.0.1", "tcp:9001"], ["runner.lan"], []),
     )
     with capturedLogs() as events:
         code, written = render_direct(resource, headers, secure)

@@ -148,7 +148,9 @@ def test_a_job_that_never_ran_counts_its_state_but_no_duration(metrics: Metrics)
 def test_output_bytes_count_everything_written_per_stream_including_dropped(metrics: Metrics) -> None:
     # max_output is 1024: 5000 bytes of stdout keep 1024 and drop the rest,
     # but the counter says what the job wrote.
-    metrics.job_finished(finish(start(make_job(), at=1.0), jobs.SUCCEEDED, duration=1.0, stdout=b"x" * 5000, stderr=b"e\n"))
+    metrics.job_finished(
+        finish(start(make_job(), at=1.0), jobs.SUCCEEDED, duration=1.0, stdout=b"x" * 5000, stderr=b"e\n")
+    )
     metrics.job_finished(finish(start(make_job("b" * 40), at=1.0), jobs.SUCCEEDED, duration=1.0, stdout=b"ok\n"))
     samples = scrape(metrics)
     assert value(samples, "httprunner_job_output_bytes_total", stream="stdout") == 5003

@@ -336,7 +336,9 @@ def test_numeric_hosts_are_normalised_like_inet_aton(host: str, expected: str | 
     assert (str(result) if result is not None else None) == expected
 
 
-@pytest.mark.parametrize("host", ["1.2.3.4.5", "256.0.0.1", "1.2.3.256", "1.2.65536", "4294967296", "08.0.0.1", "1.2.3.09"])
+@pytest.mark.parametrize(
+    "host", ["1.2.3.4.5", "256.0.0.1", "1.2.3.256", "1.2.65536", "4294967296", "08.0.0.1", "1.2.3.09"]
+)
 def test_numeric_hosts_that_are_no_address_are_errors(host: str) -> None:
     with pytest.raises(ValueError):
         normalize_ipv4(host)
@@ -345,7 +347,10 @@ def test_numeric_hosts_that_are_no_address_are_errors(host: str) -> None:
 def test_parsed_target_for_ipv6_literal_keeps_brackets_in_host_header() -> None:
     target = parse_callback_url("http://[::1]:8080/x?q=1#frag")
     assert (target.host, target.port, target.request_target, target.authority) == (
-        "::1", 8080, "/x?q=1", "[::1]:8080",
+        "::1",
+        8080,
+        "/x?q=1",
+        "[::1]:8080",
     )
     assert parse_callback_url("https://[::1]/").authority == "[::1]"
 
@@ -503,9 +508,7 @@ def _verify_standard_webhook(key: bytes, headers: dict[bytes, list[bytes]], body
     msg_id = headers[b"webhook-id"][0].decode()
     timestamp = headers[b"webhook-timestamp"][0].decode()
     signed_content = f"{msg_id}.{timestamp}.{body.decode('utf-8')}"
-    expected = base64.b64encode(
-        hmac.new(key, signed_content.encode("utf-8"), hashlib.sha256).digest()
-    ).decode()
+    expected = base64.b64encode(hmac.new(key, signed_content.encode("utf-8"), hashlib.sha256).digest()).decode()
     for signature in headers[b"webhook-signature"][0].decode().split(" "):
         version, _, value = signature.partition(",")
         if version == "v1" and hmac.compare_digest(value, expected):
@@ -554,7 +557,9 @@ def test_retries_send_the_same_bytes_with_fresh_timestamps_and_signatures() -> N
 # Retries and backoff
 
 
-@pytest.mark.parametrize("attempt, nominal", [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 60), (8, 60), (20, 60)])
+@pytest.mark.parametrize(
+    "attempt, nominal", [(1, 1), (2, 2), (3, 4), (4, 8), (5, 16), (6, 32), (7, 60), (8, 60), (20, 60)]
+)
 @pytest.mark.parametrize("draw", [0.0, 0.25, 0.5, 0.999999])
 def test_backoff_doubles_from_one_second_capped_at_sixty_with_twenty_percent_jitter(
     attempt: int, nominal: float, draw: float
@@ -571,7 +576,10 @@ def test_retry_waits_exactly_the_jittered_backoff_on_the_clock() -> None:
     delivery, results = h.deliver("http://127.0.0.1:8080/hook")
     h.last.respond(503)
     assert delivery.to_json() == {
-        "state": "pending", "attempts": 1, "last_status": 503, "last_error": "HTTP 503 Service Unavailable",
+        "state": "pending",
+        "attempts": 1,
+        "last_status": 503,
+        "last_error": "HTTP 503 Service Unavailable",
     }
     [timer] = h.reactor.getDelayedCalls()
     assert timer.getTime() == pytest.approx(NOW + 0.8)  # 1 s - 20 %
@@ -589,7 +597,10 @@ def test_retry_waits_exactly_the_jittered_backoff_on_the_clock() -> None:
     h.last.respond(502)
     assert results == [delivery]
     assert delivery.to_json() == {
-        "state": "failed", "attempts": 3, "last_status": 502, "last_error": "HTTP 502 Bad Gateway",
+        "state": "failed",
+        "attempts": 3,
+        "last_status": 502,
+        "last_error": "HTTP 502 Bad Gateway",
     }
     assert h.reactor.getDelayedCalls() == []  # no retry after the last attempt
     h.finish()
@@ -641,7 +652,10 @@ def test_connection_refused_is_retried_then_failed() -> None:
     h.reactor.advance(2.0)
     assert results == [delivery]
     assert delivery.to_json() == {
-        "state": "failed", "attempts": 3, "last_status": None, "last_error": "connection refused",
+        "state": "failed",
+        "attempts": 3,
+        "last_status": None,
+        "last_error": "connection refused",
     }
     assert len(h.network.connects) == 3
     h.finish()
@@ -656,7 +670,10 @@ def test_a_receiver_that_never_answers_times_out_per_attempt() -> None:
     h.reactor.advance(0.1)
     assert not first.transport.connected  # the hung connection is dropped
     assert delivery.to_json() == {
-        "state": "pending", "attempts": 1, "last_status": None, "last_error": "timed out after 10 s",
+        "state": "pending",
+        "attempts": 1,
+        "last_status": None,
+        "last_error": "timed out after 10 s",
     }
     h.reactor.advance(1.0)
     assert len(h.network.connections) == 2
@@ -764,9 +781,7 @@ def test_connection_goes_to_the_checked_address_without_a_second_lookup() -> Non
 
 
 def test_every_resolved_address_is_checked_and_a_refusal_is_final() -> None:
-    h = Harness(
-        {"mixed.example": ["10.0.0.5", "192.168.0.9"]}, guard=CallbackGuard(["10.0.0.0/8"])
-    )
+    h = Harness({"mixed.example": ["10.0.0.5", "192.168.0.9"]}, guard=CallbackGuard(["10.0.0.0/8"]))
     delivery, results = h.deliver("http://mixed.example/cb")
     assert results == [delivery]
     assert delivery.state == "refused"
@@ -941,7 +956,10 @@ def test_stop_cancels_a_delivery_waiting_to_retry() -> None:
     h.reactor.advance(5.0)
     assert stopped == [None] and results == [delivery]
     assert delivery.to_json() == {
-        "state": "failed", "attempts": 1, "last_status": 503, "last_error": SHUTDOWN_ERROR,
+        "state": "failed",
+        "attempts": 1,
+        "last_status": 503,
+        "last_error": SHUTDOWN_ERROR,
     }
     assert h.reactor.getDelayedCalls() == []
 

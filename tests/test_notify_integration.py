@@ -138,9 +138,7 @@ async def test_a_receiver_failing_twice_gets_it_on_the_third_attempt() -> None:
 async def test_a_receiver_that_never_answers_fails_after_the_timeout() -> None:
     receiver = Receiver(["hang", "hang"])
     listening = Listening(receiver)
-    notifier = Notifier(
-        reactor, guard=CallbackGuard(), secret=None, attempts=2, timeout=0.3, backoff_base=0.01
-    )
+    notifier = Notifier(reactor, guard=CallbackGuard(), secret=None, attempts=2, timeout=0.3, backoff_base=0.01)
     try:
         delivery = await notifier.deliver(JOB_ID, f"http://127.0.0.1:{listening.number}/", BODY, _delivery())
         # The receiver sees both hung connections dropped by us.
@@ -150,7 +148,10 @@ async def test_a_receiver_that_never_answers_fails_after_the_timeout() -> None:
         await notifier.stop(1.0)
         await listening.stop()
     assert delivery.to_json() == {
-        "state": "failed", "attempts": 2, "last_status": None, "last_error": "timed out after 0.3 s",
+        "state": "failed",
+        "attempts": 2,
+        "last_status": None,
+        "last_error": "timed out after 0.3 s",
     }
     assert len(receiver.requests) == 2
 

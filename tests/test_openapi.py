@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 import httprunner
 from httprunner import jobs
 from httprunner.api import JobAPI
-from httprunner.jobs import JobSpec, Job
+from httprunner.jobs import Job, JobSpec
 from httprunner.notify import CallbackDelivery
 from httprunner.responses import error_body
 
@@ -64,12 +64,7 @@ def klein_routes() -> set[tuple[str, str]]:
 
 
 def described_routes() -> set[tuple[str, str]]:
-    return {
-        (path, method.upper())
-        for path, item in SPEC["paths"].items()
-        for method in item
-        if method in HTTP_METHODS
-    }
+    return {(path, method.upper()) for path, item in SPEC["paths"].items() for method in item if method in HTTP_METHODS}
 
 
 def test_every_served_route_is_described() -> None:
@@ -189,7 +184,9 @@ def make_job(**changes: Any) -> Job:
 
 
 def finished_job() -> Job:
-    job = make_job(state=jobs.SUCCEEDED, code=0, pid=4242, started_at=1795820000.124, finished_at=1795820000.128, duration=0.004)
+    job = make_job(
+        state=jobs.SUCCEEDED, code=0, pid=4242, started_at=1795820000.124, finished_at=1795820000.128, duration=0.004
+    )
     job.stdout.append(b"foo\n" * 10)  # over the 16-byte cap: a dropped middle
     return job
 
@@ -207,11 +204,23 @@ def job_views() -> list[tuple[str, Job]]:
         ("succeeded", finished_job()),
         (
             "spawn_failed",
-            make_job(state=jobs.SPAWN_FAILED, code=127, finished_at=1795820000.2, err={"code": "ENOENT", "message": "not found"}),
+            make_job(
+                state=jobs.SPAWN_FAILED,
+                code=127,
+                finished_at=1795820000.2,
+                err={"code": "ENOENT", "message": "not found"},
+            ),
         ),
         (
             "signal",
-            make_job(state=jobs.FAILED, code=137, signal="SIGKILL", pid=3, duration=1.0, err={"code": "SIGNAL", "message": "x"}),
+            make_job(
+                state=jobs.FAILED,
+                code=137,
+                signal="SIGKILL",
+                pid=3,
+                duration=1.0,
+                err={"code": "SIGNAL", "message": "x"},
+            ),
         ),
         ("callback", delivered),
     ]
@@ -293,7 +302,9 @@ def daemon_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     ]
     # The log goes to a file, not a pipe nobody reads: a full pipe would
     # block the daemon's reactor.
-    process = subprocess.Popen(argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         port = None
         for _ in range(200):  # at most ~10 s

@@ -18,7 +18,14 @@ def test_seed_request_with_string_args() -> None:
 
 @pytest.mark.parametrize(
     "args, expected",
-    [("", []), ("   ", []), ("a\tb\nc", ["a", "b", "c"]), ("a\u2003b", ["a", "b"]), (["a b", ""], ["a b", ""]), (None, [])],
+    [
+        ("", []),
+        ("   ", []),
+        ("a\tb\nc", ["a", "b", "c"]),
+        ("a\u2003b", ["a", "b"]),
+        (["a b", ""], ["a b", ""]),
+        (None, []),
+    ],
 )
 def test_args_forms(args: object, expected: list[str]) -> None:
     assert parse_job_request(json.dumps({"command": "x", "args": args}).encode()).args == expected
@@ -87,7 +94,9 @@ json_values = st.recursive(
 )
 
 
-@given(st.dictionaries(st.sampled_from(["command", "args", "callback", "timeout", "stdin", "env", "other"]), json_values))
+@given(
+    st.dictionaries(st.sampled_from(["command", "args", "callback", "timeout", "stdin", "env", "other"]), json_values)
+)
 def test_any_json_object_parses_or_raises_request_error(document: dict) -> None:
     try:
         req = parse_job_request(json.dumps(document).encode())

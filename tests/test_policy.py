@@ -88,11 +88,29 @@ def refused(policy: Policy, command: str, args: list[str], env: dict[str, str] |
     "environ, pass_env, expected",
     [
         pytest.param(
-            {"PATH": "/p", "HOME": "/h", "LANG": "C.UTF-8", "TZ": "UTC", "TMPDIR": "/t",
-             "USER": "u", "LOGNAME": "u", "LC_ALL": "C", "LC_TIME": "de_DE"},
+            {
+                "PATH": "/p",
+                "HOME": "/h",
+                "LANG": "C.UTF-8",
+                "TZ": "UTC",
+                "TMPDIR": "/t",
+                "USER": "u",
+                "LOGNAME": "u",
+                "LC_ALL": "C",
+                "LC_TIME": "de_DE",
+            },
             [],
-            {"PATH": "/p", "HOME": "/h", "LANG": "C.UTF-8", "TZ": "UTC", "TMPDIR": "/t",
-             "USER": "u", "LOGNAME": "u", "LC_ALL": "C", "LC_TIME": "de_DE"},
+            {
+                "PATH": "/p",
+                "HOME": "/h",
+                "LANG": "C.UTF-8",
+                "TZ": "UTC",
+                "TMPDIR": "/t",
+                "USER": "u",
+                "LOGNAME": "u",
+                "LC_ALL": "C",
+                "LC_TIME": "de_DE",
+            },
             id="all-defaults-copied",
         ),
         pytest.param(
@@ -104,7 +122,9 @@ def refused(policy: Policy, command: str, args: list[str], env: dict[str, str] |
         pytest.param({"HOME": "/h"}, [], {"HOME": "/h", "PATH": DEFAULT_PATH}, id="no-path-gets-default"),
         pytest.param({"PATH": ""}, [], {"PATH": ""}, id="empty-path-kept-as-set"),
         pytest.param(
-            {"PATH": "/p", "PGHOST": "db", "SECRET": "x"}, ["PGHOST"], {"PATH": "/p", "PGHOST": "db"},
+            {"PATH": "/p", "PGHOST": "db", "SECRET": "x"},
+            ["PGHOST"],
+            {"PATH": "/p", "PGHOST": "db"},
             id="pass-env-added",
         ),
         pytest.param({"PATH": "/p"}, ["PGHOST"], {"PATH": "/p"}, id="pass-env-unset-skipped"),
@@ -184,10 +204,10 @@ def test_policy_env_names_apply_to_their_command_only(tmp_path, environ, bindir)
         tmp_path,
         f"""
         [commands.a]
-        path = "{bindir / 'tool'}"
+        path = "{bindir / "tool"}"
         env = ["DEPLOY_BY"]
         [commands.b]
-        path = "{bindir / 'other'}"
+        path = "{bindir / "other"}"
         """,
     )
     policy = build(environ=environ, policy=path, allow_env=["GLOBAL"])
@@ -360,9 +380,29 @@ def test_repeated_whitelist_entry_is_harmless(environ):
 
 @pytest.mark.parametrize(
     "program",
-    ["sh", "bash", "bash5", "dash", "zsh", "env", "python", "python3", "python3.11", "pypy3",
-     "perl", "perl5.36", "find", "xargs", "sudo", "ssh", "timeout", "nice", "busybox",
-     "/usr/bin/env", "/usr/local/bin/python3.12"],
+    [
+        "sh",
+        "bash",
+        "bash5",
+        "dash",
+        "zsh",
+        "env",
+        "python",
+        "python3",
+        "python3.11",
+        "pypy3",
+        "perl",
+        "perl5.36",
+        "find",
+        "xargs",
+        "sudo",
+        "ssh",
+        "timeout",
+        "nice",
+        "busybox",
+        "/usr/bin/env",
+        "/usr/local/bin/python3.12",
+    ],
 )
 def test_program_runners_detected(program):
     assert runs_other_programs(program)
@@ -370,8 +410,20 @@ def test_program_runners_detected(program):
 
 @pytest.mark.parametrize(
     "program",
-    ["ls", "shasum", "envsubst", "findmnt", "nicely", "pythonista", "tar", "ffmpeg", "bash-completion",
-     "/usr/bin/sshd-keygen-x", "ssh-keygen", "true"],
+    [
+        "ls",
+        "shasum",
+        "envsubst",
+        "findmnt",
+        "nicely",
+        "pythonista",
+        "tar",
+        "ffmpeg",
+        "bash-completion",
+        "/usr/bin/sshd-keygen-x",
+        "ssh-keygen",
+        "true",
+    ],
 )
 def test_ordinary_programs_not_flagged(program):
     assert not runs_other_programs(program)
@@ -398,7 +450,7 @@ def test_policy_program_runner_is_warned(tmp_path, environ, bindir):
         tmp_path,
         f"""
         [commands.deploy]
-        path = "{bindir / 'bash'}"
+        path = "{bindir / "bash"}"
         args = ["/opt/deploy.sh"]
         max_args = 0
         """,
@@ -480,7 +532,7 @@ def test_policy_fixed_args_come_first_and_are_not_checked(tmp_path, environ, bin
         tmp_path,
         f"""
         [commands.archive]
-        path = "{bindir / 'tool'}"
+        path = "{bindir / "tool"}"
         args = ["--create", "--file"]
         arg_patterns = ['/srv/[a-z]+\\.tar']
         """,
@@ -498,7 +550,7 @@ def test_policy_settings_reach_the_resolution(tmp_path, environ, bindir):
         tmp_path,
         f"""
         [commands."slow job"]
-        path = "{bindir / 'tool'}"
+        path = "{bindir / "tool"}"
         timeout = 60
         max_timeout = 90.5
         max_running = 2
@@ -540,7 +592,11 @@ def test_policy_refuses_unknown_commands(tmp_path, environ, bindir):
         ("[commands.a]\npath = \n", 2, "invalid TOML"),
         ("[commands.a]\npath = '/bin/true'\n[commands.a]\n", 3, "invalid TOML"),
         ("# comment\n[commands.a]\npath = '/bin/true'\narg_pattern = ['x']\n", 4, "unknown key 'arg_pattern'"),
-        ("[commands.a]\npath = '/bin/true'\narg_patterns = ['ok', 'x(']\n", 3, "arg_patterns[2]: bad regular expression 'x('"),
+        (
+            "[commands.a]\npath = '/bin/true'\narg_patterns = ['ok', 'x(']\n",
+            3,
+            "arg_patterns[2]: bad regular expression 'x('",
+        ),
         ("[commands.a]\npath = '/bin/true'\narg_patterns = [\n  'ok',\n  '[z-a]',\n]\n", 3, "bad regular expression"),
         ("[commands.a]\npath = '/bin/true'\n\nrest_pattern = '(?P<'\n", 4, "rest_pattern: bad regular expression"),
         ("[commands.a]\npath = '/bin/true'\narg_patterns = [1]\n", 3, "arg_patterns: expected a list of strings"),
@@ -565,13 +621,21 @@ def test_policy_refuses_unknown_commands(tmp_path, environ, bindir):
         ("[commands.a]\npath = '/bin/true'\nenv = ['A=B']\n", 3, "not a valid environment variable name"),
         ("[commands.a]\npath = '/bin/true'\nenv = ['HTTPRUNNER_JOB_ID']\n", 3, "set by httprunner itself"),
         ("[commands.a]\npath = '/bin/true'\ncwd = 'srv'\n", 3, "cwd: must be absolute"),
-        ("[commands.a]\npath = '/bin/true'\ncwd = '/nonexistent/dir'\n", 3, "cwd: /nonexistent/dir is not an existing directory"),
+        (
+            "[commands.a]\npath = '/bin/true'\ncwd = '/nonexistent/dir'\n",
+            3,
+            "cwd: /nonexistent/dir is not an existing directory",
+        ),
         ("[commands]\na = 1\n", 2, "[commands.a] must be a table"),
         ("[commands]\n", 1, "defines no command"),
         ("# nothing\n", None, "defines no command"),
         ('[commands."my tool"]\npath = "/bin/true"\n  bogus = 1\n', 3, "[commands.\"my tool\"] unknown key 'bogus'"),
         ("[commands]\nls = { path = '/bin/true', bogus = 1 }\n", 2, "unknown key 'bogus'"),
-        ("[commands.a]\npath = '/bin/true'\n[commands.b]\npath = '/bin/true'\ntimeout = 'x'\n", 5, "[commands.b] timeout"),
+        (
+            "[commands.a]\npath = '/bin/true'\n[commands.b]\npath = '/bin/true'\ntimeout = 'x'\n",
+            5,
+            "[commands.b] timeout",
+        ),
     ],
 )
 def test_policy_file_errors_name_file_line_and_problem(tmp_path, environ, text, line, problem):
@@ -705,7 +769,7 @@ def policies(tmp_path_factory) -> list[Policy]:
     path.write_text(
         f"""
         [commands.tool]
-        path = "{bindir / 'tool'}"
+        path = "{bindir / "tool"}"
         args = ["--fixed"]
         arg_patterns = ['[a-z]+', '[0-9]{{1,3}}']
         rest_pattern = '-v|x.*'
@@ -719,9 +783,7 @@ def policies(tmp_path_factory) -> list[Policy]:
     return [
         Policy.from_options(whitelist=None, policy_file=None, pass_env=[], allow_env=["FOO"], environ=environ),
         Policy.from_options(whitelist=["tool"], policy_file=None, pass_env=[], allow_env=["FOO"], environ=environ),
-        Policy.from_options(
-            whitelist=["other"], policy_file=str(path), pass_env=[], allow_env=[], environ=environ
-        ),
+        Policy.from_options(whitelist=["other"], policy_file=str(path), pass_env=[], allow_env=[], environ=environ),
     ]
 
 
@@ -747,7 +809,7 @@ def test_resolve_returns_or_refuses_never_crashes(policies, which, command, args
         assert isinstance(error.message, str) and error.message
         return
     assert isinstance(resolved, Resolved)
-    assert resolved.args[-len(args):] == tuple(args) if args else True
+    assert resolved.args[-len(args) :] == tuple(args) if args else True
     assert all("\0" not in a for a in resolved.args)
     assert set(env) <= set(resolved.env)
     assert "HTTPRUNNER_JOB_ID" not in resolved.env

@@ -22,8 +22,8 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
 
 from httprunner import jobs
-from httprunner.policy import default_environment
 from httprunner.jobs import JobSpec
+from httprunner.policy import default_environment
 from httprunner.runner import JobRunner, Settings
 from httprunner.store import MemoryJobStore
 
@@ -68,7 +68,9 @@ def runner(warm_reactor: None) -> Iterator[JobRunner]:
 
 def run(r: JobRunner, program: str, *args: str, cwd: str | None = None, **fields: Any) -> Deferred[jobs.Job]:
     env = fields.pop("env", None) or default_environment(os.environ)
-    job = r.submit(JobSpec(command=program, arguments=list(args), program=program, args=args, env=env, cwd=cwd, **fields))
+    job = r.submit(
+        JobSpec(command=program, arguments=list(args), program=program, args=args, env=env, cwd=cwd, **fields)
+    )
     return r.when_finished(job)
 
 
@@ -205,7 +207,6 @@ def test_output_cap_keeps_head_and_tail_of_a_flood(tmp_path: Path) -> Any:
 def test_fifty_concurrent_jobs_all_complete(runner: JobRunner) -> Any:
     finished = yield gatherResults([run(runner, "echo", str(i)) for i in range(50)])
     assert [j.stdout.text() for j in finished] == ["%d\n" % i for i in range(50)]
-
 
 
 def session_and_group(pid: int) -> tuple[int, int]:

@@ -124,7 +124,9 @@ def test_stdin_is_written_then_closed(program: str) -> None:
         (0, signal.SIGKILL, jobs.FAILED, 137, "SIGNAL"),
     ],
 )
-def test_exit_status_maps_to_state_and_code(program: str, code: int, sig: Any, state: str, expected_code: int, err_code: Any) -> None:
+def test_exit_status_maps_to_state_and_code(
+    program: str, code: int, sig: Any, state: str, expected_code: int, err_code: Any
+) -> None:
     h = Harness(program)
     job = h.submit()
     h.reactor.advance(0.25)

@@ -18,7 +18,13 @@ def test_tokens_guard_every_route_but_healthz(start_daemon: Callable[..., Daemon
     tokens.write_text("# deploy bot\n%s\n\n" % TOKEN)
     tokens.chmod(0o600)
     daemon = start_daemon("--token-file", str(tokens))
-    for method, path in [("POST", "/"), ("GET", "/jobs"), ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/no/such")]:
+    for method, path in [
+        ("POST", "/"),
+        ("GET", "/jobs"),
+        ("GET", "/metrics"),
+        ("GET", "/openapi.json"),
+        ("GET", "/no/such"),
+    ]:
         status, headers, body = daemon.request(method, path, b'{"command":"echo"}' if method == "POST" else None)
         assert status == 401 and headers["WWW-Authenticate"].startswith("Bearer"), path
         assert set(json.loads(body)) == {"message", "error"}
@@ -72,10 +78,13 @@ def test_policy_refuses_unlisted_flags(start_daemon: Callable[..., Daemon], tmp_
     script.chmod(0o755)
     policy = tmp_path / "policy.toml"
     policy.write_text(
-        '[commands.git-like]\npath = "%s"\nargs = ["fetch"]\nflags = ["--depth="]\nrest_pattern = \'[a-z0-9=-]+\'\n' % script
+        '[commands.git-like]\npath = "%s"\nargs = ["fetch"]\nflags = ["--depth="]\nrest_pattern = \'[a-z0-9=-]+\'\n'
+        % script
     )
     daemon = start_daemon("--policy", str(policy))
-    status, error = daemon.api("POST", "/", {"command": "git-like", "args": ["--upload-pack=touch /tmp/pwned", "origin"]})
+    status, error = daemon.api(
+        "POST", "/", {"command": "git-like", "args": ["--upload-pack=touch /tmp/pwned", "origin"]}
+    )
     assert status == 403 and "--upload-pack" in error["error"]
     assert daemon.api("POST", "/", {"command": "sh", "args": ["-c", "id"]})[0] == 403
     job = daemon.wait(daemon.submit("git-like", "--depth=1", "origin")["id"])

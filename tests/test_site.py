@@ -146,9 +146,7 @@ class Harness:
         limits.setdefault("max_body", 16)
         limits.setdefault("request_timeout", 0.5)
         limits.setdefault("idle_timeout", 60.0)
-        self.factory = make_site(
-            self.resource, reactor=self.clock, monotonic=self.clock.seconds, **limits
-        )
+        self.factory = make_site(self.resource, reactor=self.clock, monotonic=self.clock.seconds, **limits)
         self.factory.doStart()
 
     def connect(self, transport_class=StringTransport, peer=PEER) -> Connection:
@@ -158,8 +156,12 @@ class Harness:
 
 def post(body: bytes, path: bytes = b"/", extra: bytes = b"") -> bytes:
     return (
-        b"POST " + path + b" HTTP/1.1\r\nHost: localhost\r\n" + extra
-        + b"Content-Length: %d\r\n\r\n" % (len(body),) + body
+        b"POST "
+        + path
+        + b" HTTP/1.1\r\nHost: localhost\r\n"
+        + extra
+        + b"Content-Length: %d\r\n\r\n" % (len(body),)
+        + body
     )
 
 
@@ -211,10 +213,7 @@ def test_content_length_over_the_cap_is_refused_before_the_body():
 def test_expect_continue_over_the_cap_gets_no_100_continue():
     h = Harness(max_body=16)
     conn = h.connect()
-    conn.send(
-        b"POST / HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-        b"Content-Length: 1000\r\n\r\n"
-    )
+    conn.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 1000\r\n\r\n")
     assert b"100 Continue" not in conn.transport.value()
     assert [r[0] for r in conn.responses()] == [413]
 
@@ -222,10 +221,7 @@ def test_expect_continue_over_the_cap_gets_no_100_continue():
 def test_expect_continue_under_the_cap_still_gets_100_continue():
     h = Harness(max_body=16)
     conn = h.connect()
-    conn.send(
-        b"POST / HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\n"
-        b"Content-Length: 3\r\n\r\n"
-    )
+    conn.send(b"POST / HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
     assert conn.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -291,10 +287,7 @@ def test_urlencoded_body_is_not_parsed_into_args():
 def test_multipart_body_is_not_parsed_into_args():
     h = Harness(max_body=1024)
     conn = h.connect()
-    body = (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"command\"\r\n\r\necho\r\n"
-        b"--XyZ--\r\n"
-    )
+    body = b'--XyZ\r\nContent-Disposition: form-data; name="command"\r\n\r\necho\r\n--XyZ--\r\n'
     conn.send(post(body, extra=b"Content-Type: multipart/form-data; boundary=XyZ\r\n"))
     assert conn.responses()[0][0] == 200
     [seen] = h.resource.seen
@@ -383,9 +376,7 @@ def test_slow_answer_does_not_count_against_the_next_pipelined_request():
 def test_wall_clock_step_does_not_cut_a_request_short():
     now = [100.0]
     clock = MemoryReactorClock()
-    factory = make_site(
-        EchoResource(), reactor=clock, monotonic=lambda: now[0], request_timeout=10.0
-    )
+    factory = make_site(EchoResource(), reactor=clock, monotonic=lambda: now[0], request_timeout=10.0)
     conn = Connection(factory, StringTransport(hostAddress=HOST, peerAddress=PEER))
     conn.send(b"POST / HTTP/1.1\r\n")
     now[0] += 1.0
@@ -639,8 +630,7 @@ def read_response(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
         data += chunk
     head = data.split(b"\r\n\r\n", 1)[0]
     length = int(
-        [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0]
-        .split(b":")[1]
+        [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")][0].split(b":")[1]
     )
     while len(data) < len(head) + 4 + length:
         chunk = sock.recv(65536)
@@ -715,9 +705,7 @@ def test_loopback_50_megabyte_uploads_are_refused_without_buffering():
             b"x" * 65536,
             mb50,
         )
-        streamed = yield threads.deferToThread(
-            upload_and_read, port, CHUNKED_HEAD, chunked(b"y" * 65536), mb50
-        )
+        streamed = yield threads.deferToThread(upload_and_read, port, CHUNKED_HEAD, chunked(b"y" * 65536), mb50)
     for answer, _ in (declared, streamed):
         [(status, _, body)] = parse_responses(answer)
         assert status == 413
