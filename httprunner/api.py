@@ -12,11 +12,9 @@ from __future__ import annotations
 import encodings.idna  # noqa: F401
 import importlib.resources
 import math
-import os
 import re
 from typing import Any
 
-import attrs
 from klein import Klein
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -25,30 +23,21 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from httprunner import __version__
-from httprunner.jobs import STATES, Job, JobSpec
-from httprunner.notify import CallbackURLError, check_callback_url
+from httprunner.admission import Admission, Limits
+from httprunner.jobs import STATES, Job
 from httprunner.parsing import RequestError, parse_job_request
-from httprunner.policy import PolicyError
 from httprunner.responses import dump_json, json_error, json_response
-from httprunner.runner import QueueFull, ShuttingDown, SpawnUnavailable
+from httprunner.runner import ShuttingDown, SpawnUnavailable
+from httprunner.store.base import ListQuery, QueueFull, StoreUnavailable, UnknownCursor, UnknownNode
 
 #: the OpenAPI 3.1 description of this API, served as it is in the package
 OPENAPI = importlib.resources.files("httprunner").joinpath("openapi.json").read_bytes()
 JOB_ID = re.compile(r"[0-9a-f]{40}")
-#: Linux refuses a single argv/env string longer than 32 pages
-MAX_ARG_STRLEN = 32 * 4096
+#: the API's fixed paths: a wrong method there is a 405, not "no job 'jobs'"
+FIXED_PATHS = {"jobs": "GET", "healthz": "GET", "metrics": "GET", "openapi.json": "GET"}
 OCTET_STREAM = b"application/octet-stream"
 #: the most one write of a follow stream sends
 FOLLOW_CHUNK = 64 * 1024
-
-
-@attrs.frozen
-class Limits:
-    default_timeout: float | None = None
-    max_timeout: float | None = None
-    max_wait: float = 300.0
-    retry_after: int = 1
-    arg_max: int = attrs.field(factory=lambda: os.sysconf("SC_ARG_MAX"))
 
 
 class JobAPI:
@@ -58,14 +47,20 @@ class JobAPI:
     log = Logger()
 
     def __init__(
-        self, *, runner: Any, store: Any, policy: Any, limits: Limits, callback_guard: Any = None, metrics: Any = None
+        self,
+        *,
+        runner: Any,
+        store: Any,
+        policy: Any,
+        limits: Limits,
+        callback_guard: Any = None,
+        metrics: Any = None,
     ) -> None:
         self.runner = runner
         self.metrics = metrics
         self.store = store
-        self.policy = policy
         self.limits = limits
-        self.callback_guard = callback_guard
+        self.admission = Admission(policy, limits, callback_guard)
         self.reactor = runner.reactor
 
     def resource(self) -> Any:
@@ -74,99 +69,52 @@ class JobAPI:
     # -- submission ---------------------------------------------------
 
     @app.route("/", methods=["POST"])
-    def submit(self, request: IRequest) -> bytes:
+    async def submit(self, request: IRequest) -> bytes:
         try:
-            spec = self._job_spec(request.content.read())
-            job = self.runner.submit(spec)
+            spec = self.admission.spec(parse_job_request(request.content.read()))
+            job = await self.runner.submit(spec)
         except RequestError as e:
             return json_error(request, e.status, e.message)
+        except UnknownNode as e:
+            return json_error(request, 400, "node: no live node is named %r" % str(e)[:80])
         except QueueFull:
             request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
             return json_error(request, 503, "the queue is full: too many jobs are running or waiting; retry later")
         except SpawnUnavailable as e:
             request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
             return json_error(request, 503, "the machine cannot start a process now (%s); retry later" % e)
+        except StoreUnavailable as e:
+            request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
+            return json_error(request, 503, "the job could not be recorded (%s); nothing was accepted, retry later" % e)
         except ShuttingDown:
             request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
             return json_error(request, 503, "the daemon is shutting down")
         request.setHeader(b"Location", b"/" + job.id.encode("ascii"))
         return json_response(request, 202, job.to_json_bytes())
 
-    def _job_spec(self, body: bytes) -> JobSpec:
-        """Parse, check the callback, ask the policy, settle the timeout."""
-        req = parse_job_request(body)
-        try:
-            callback = check_callback_url(req.callback, self.callback_guard)
-        except CallbackURLError as e:
-            raise RequestError("callback: %s" % e) from None
-        try:
-            resolved = self.policy.resolve(req.command, req.args, req.env)
-        except PolicyError as e:
-            raise RequestError(e.message, e.status) from None
-        timeout = self._timeout(req.timeout, resolved.timeout, resolved.max_timeout)
-        self._check_exec_size(resolved.program, resolved.args, resolved.env)
-        return JobSpec(
-            command=req.command,
-            arguments=req.args,
-            program=resolved.program,
-            args=tuple(resolved.args),
-            env=resolved.env,
-            cwd=resolved.cwd,
-            stdin=req.stdin,
-            timeout=timeout,
-            callback=callback,
-            rule=resolved.rule,
-            rule_limit=resolved.max_running,
-        )
-
-    def _timeout(self, requested: float | None, rule_default: float | None, rule_max: float | None) -> float | None:
-        """The effective timeout: request, else policy default, else server default.
-
-        A policy command's own ``max_timeout`` replaces the server's
-        ``--max-timeout`` (a backup may be allowed hours where the default
-        ceiling is minutes); a request over the ceiling is refused.
-        """
-        ceiling = rule_max or self.limits.max_timeout
-        if requested is not None and ceiling is not None and requested > ceiling:
-            raise RequestError("timeout %g is over the maximum of %g seconds" % (requested, ceiling))
-        effective = requested or rule_default or self.limits.default_timeout
-        if effective and ceiling is not None:
-            effective = min(effective, ceiling)
-        return effective or None
-
-    def _check_exec_size(self, program: str, args: Any, env: dict[str, str]) -> None:
-        """Refuse what execve would refuse with E2BIG, before spawning."""
-        total = len(program.encode()) + 1
-        for arg in args:
-            size = len(arg.encode()) + 1
-            if size > MAX_ARG_STRLEN:
-                raise RequestError(
-                    "an argument is %d bytes, over the system's %d-byte limit" % (size - 1, MAX_ARG_STRLEN - 1)
-                )
-            total += size + 8
-        for name, value in env.items():
-            size = len(name.encode()) + len(value.encode()) + 2
-            if size > MAX_ARG_STRLEN:
-                raise RequestError("environment variable %s is over the system's size limit" % name)
-            total += size + 8
-        if total > self.limits.arg_max - 4096:
-            raise RequestError(
-                "arguments and environment total %d bytes, over the system's limit of %d" % (total, self.limits.arg_max)
-            )
-
     # -- one job ------------------------------------------------------
 
-    def _job(self, job_id: str) -> Job:
-        job = self.store.get(job_id) if JOB_ID.fullmatch(job_id) else None
+    async def _job(self, job_id: str) -> Job:
+        job = await self.runner.find(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise RequestError("no job with id %r (unknown, or evicted: see --max-jobs)" % job_id[:80], 404)
         return job
 
     @app.route("/<job_id>", methods=["GET", "DELETE"])
     @app.route("/<job_id>/", methods=["GET", "DELETE"])
-    def one_job(self, request: IRequest, job_id: str) -> Any:
+    async def one_job(self, request: IRequest, job_id: str) -> Any:
+        if job_id in FIXED_PATHS:
+            # DELETE /jobs reaches this route; it is a wrong method on a
+            # fixed path, like every other.
+            allowed = FIXED_PATHS[job_id]
+            request.setHeader(b"Allow", allowed.encode("ascii"))
+            return json_error(
+                request,
+                405,
+                "method %s is not allowed here; allowed: %s" % (request.method.decode("ascii", "replace"), allowed),
+            )
         try:
-            job = self._job(job_id)
+            job = await self._job(job_id)
             if request.method == b"DELETE":
                 status = 202 if self.runner.cancel(job) else 200
                 return json_response(request, status, job.to_json_bytes())
@@ -179,8 +127,8 @@ class JobAPI:
         # returns when the client hangs up, which removes only this waiter.
         d = self.runner.when_finished(job)
         d.addTimeout(min(wait, self.limits.max_wait), self.reactor, onTimeoutCancel=lambda _r, _t: job)
-        d.addCallback(lambda j: json_response(request, 200, j.to_json_bytes()))
-        return d
+        done = await d
+        return json_response(request, 200, done.to_json_bytes())
 
     @app.route("/<job_id>/stdout", methods=["GET"])
     def stdout(self, request: IRequest, job_id: str) -> Any:
@@ -190,9 +138,9 @@ class JobAPI:
     def stderr(self, request: IRequest, job_id: str) -> Any:
         return self._output(request, job_id, 2)
 
-    def _output(self, request: IRequest, job_id: str, fd: int) -> Any:
+    async def _output(self, request: IRequest, job_id: str, fd: int) -> Any:
         try:
-            job = self._job(job_id)
+            job = await self._job(job_id)
             offset = _int_arg(request, b"offset", 0)
             follow = _flag_arg(request, b"follow")
         except RequestError as e:
@@ -203,12 +151,12 @@ class JobAPI:
         request.setHeader(b"X-Output-Offset", b"%d" % start)
         if not follow:
             return data
-        return _Follower(request, self.runner, job, fd, start).done
+        return await _Follower(request, self.runner, job, fd, start).done
 
     # -- collections and service routes --------------------------------
 
     @app.route("/jobs", methods=["GET"])
-    def list_jobs(self, request: IRequest) -> bytes:
+    async def list_jobs(self, request: IRequest) -> bytes:
         try:
             limit = _int_arg(request, b"limit", 100)
             if not 1 <= limit <= 1000:
@@ -222,14 +170,24 @@ class JobAPI:
                         if name not in STATES:
                             raise RequestError("unknown state %r; states are %s" % (name, ", ".join(STATES)))
                         states.add(name)
+            before = _arg(request, b"before")
+            if before is not None and not JOB_ID.fullmatch(before):
+                raise RequestError("before must be a job id (40 hex digits), not %r" % before[:80])
+            text = _arg(request, b"q") or None
+            query = ListQuery(
+                states=None if states is None else frozenset(states), text=text, before=before, limit=limit
+            )
+            found = await self.store.list(query)
         except RequestError as e:
             return json_error(request, e.status, e.message)
-        found = []
-        for job in self.store.newest(states):
-            found.append(job.to_json(output=False))
-            if len(found) >= limit:
-                break
-        return json_response(request, 200, dump_json({"jobs": found}))
+        except UnknownCursor:
+            return json_error(
+                request, 400, "before: no job with id %r (unknown, or evicted since the last page)" % before
+            )
+        views = [job.to_json(output=False) for job in found]
+        # A full page may have more after it: the cursor for the next one.
+        following = found[-1].id if len(found) == limit else None
+        return json_response(request, 200, dump_json({"jobs": views, "next": following}))
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:

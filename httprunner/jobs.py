@@ -7,6 +7,7 @@ clients of the original program keep working; our keys follow.
 
 from __future__ import annotations
 
+import base64
 import functools
 import sys
 import time
@@ -65,6 +66,24 @@ class JobSpec:
     #: per-command concurrency: the policy rule's name and limit
     rule: str = ""
     rule_limit: int | None = None
+    #: what the request itself asked for, kept (with ``stdin``) while the
+    #: job waits so that a durable store can resolve it again after a
+    #: restart, under the policy the daemon then has
+    request_env: dict[str, str] = attrs.field(factory=dict)
+    requested_timeout: float | None = None
+    #: the node a job is pinned to (cluster), None: any node
+    node: str | None = None
+
+
+def request_record(spec: JobSpec) -> dict[str, Any]:
+    """What a durable store keeps of a waiting job's request: enough to
+    resolve it again after a restart (``Admission.respec``)."""
+    return {
+        "env": spec.request_env,
+        "stdin": None if spec.stdin is None else base64.b64encode(spec.stdin).decode("ascii"),
+        "timeout": spec.requested_timeout,
+        "node": spec.node,
+    }
 
 
 class Job:
@@ -94,6 +113,14 @@ class Job:
         "stdout",
         "stderr",
         "launch",
+        "node",
+        "cpu_seconds",
+        "max_rss_bytes",
+        "seq",
+        "lease",
+        "identity",
+        "pinned_node",
+        "_json",
     )
 
     def __init__(self, *, job_id: str, spec: JobSpec, created_at: float, max_output: int) -> None:
@@ -116,6 +143,21 @@ class Job:
         self.stdout = OutputBuffer(max_output)
         self.stderr = OutputBuffer(max_output)
         self.launch: JobSpec | None = spec
+        #: the cluster node that runs or ran the job; None while queued and
+        #: when the store is not a cluster
+        self.node: str | None = None
+        self.pinned_node: str | None = spec.node
+        self.cpu_seconds: float | None = None
+        self.max_rss_bytes: int | None = None
+        #: the store's submission order (set by the store on admission)
+        self.seq: int | None = None
+        #: the cluster claim this node holds on the job (a fresh token per claim)
+        self.lease: str | None = None
+        #: (process start time in clock ticks since boot, boot id) of the
+        #: job's process, recorded at spawn: after a crash it proves that a
+        #: pid still names the same process before its group is killed
+        self.identity: tuple[int, str] | None = None
+        self._json: bytes | None = None
 
     @property
     def finished(self) -> bool:
@@ -126,6 +168,11 @@ class Job:
         self.launch = None
         self.stdout.compact()
         self.stderr.compact()
+
+    @property
+    def command_line(self) -> str:
+        """The command and its arguments as one line (for text filters)."""
+        return " ".join([self.command, *self.arguments])
 
     def to_json(self, *, output: bool = True) -> dict[str, Any]:
         """The job as the API shows it; ``output=False`` for listings."""
@@ -143,10 +190,13 @@ class Job:
         view["state"] = self.state
         view["signal"] = self.signal
         view["pid"] = self.pid
+        view["node"] = self.node
         view["created_at"] = rfc3339(self.created_at)
         view["started_at"] = rfc3339(self.started_at)
         view["finished_at"] = rfc3339(self.finished_at)
         view["duration"] = None if self.duration is None else round(self.duration, 6)
+        view["cpu_seconds"] = None if self.cpu_seconds is None else round(self.cpu_seconds, 6)
+        view["max_rss_bytes"] = self.max_rss_bytes
         view["timeout"] = self.timeout
         view["stdout_bytes"] = self.stdout.total
         view["stderr_bytes"] = self.stderr.total
@@ -157,5 +207,18 @@ class Job:
         return view
 
     def to_json_bytes(self) -> bytes:
-        """The exact bytes ``GET /<id>`` answers (and a callback sends)."""
-        return dump_json(self.to_json())
+        """The exact bytes ``GET /<id>`` answers (and a callback sends).
+
+        A finished job's bytes are rendered once and reused (a GET of a
+        finished job is the commonest request): nothing in them changes any
+        more, once its callback delivery record (if any) is final too.
+        """
+        cached = self._json
+        if cached is not None:
+            return cached
+        body = dump_json(self.to_json())
+        if self.state in TERMINAL_STATES and (
+            self.callback_delivery is None or self.callback_delivery.state != "pending"
+        ):
+            self._json = body
+        return body

@@ -180,6 +180,9 @@ class Metrics:
         if job.stderr.total:
             self._stderr_bytes.inc(job.stderr.total)
 
+    def job_recorded(self, job: Any) -> None:
+        pass
+
     # -- other hooks ----------------------------------------------------
 
     def callback_attempt(self, outcome: str) -> None:

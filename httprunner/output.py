@@ -27,6 +27,19 @@ class OutputBuffer:
         #: every byte the job wrote to this stream
         self.total = 0
 
+    @classmethod
+    def restore(cls, cap: int, head: bytes, tail: bytes, total: int) -> OutputBuffer:
+        """A buffer as a store kept it (see :meth:`parts`)."""
+        buffer = cls(cap)
+        buffer._head = head  # type: ignore[assignment]
+        buffer._tail = tail  # type: ignore[assignment]
+        buffer.total = total
+        return buffer
+
+    def parts(self) -> tuple[bytes, bytes, int]:
+        """``(head, tail, total)``: what a store keeps of the stream."""
+        return bytes(self._head), bytes(self._tail), self.total
+
     @property
     def dropped(self) -> int:
         """How many bytes fell out of the middle."""
@@ -100,3 +113,19 @@ class OutputBuffer:
         if not self._tail:
             return self._head.decode("utf-8", "replace")
         return (self._head + self._tail).decode("utf-8", "replace")
+
+
+class OutputCounts(OutputBuffer):
+    """The byte counts of a stream whose bytes a store did not load (a
+    listing shows counts, never output)."""
+
+    __slots__ = ("_dropped",)
+
+    def __init__(self, cap: int, total: int, dropped: int) -> None:
+        super().__init__(cap)
+        self.total = total
+        self._dropped = dropped
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped

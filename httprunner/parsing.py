@@ -35,6 +35,8 @@ class JobRequest:
     timeout: float | None = None
     stdin: bytes | None = None
     env: dict[str, str] = attrs.field(factory=dict)
+    #: the cluster node to run on (None: any)
+    node: str | None = None
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -170,4 +172,8 @@ def parse_job_request(body: bytes) -> JobRequest:
     else:
         raise RequestError("env must be an object of strings, not %s" % _json_type(env))
 
-    return JobRequest(command=command, args=args, callback=callback, timeout=timeout, stdin=stdin, env=env)
+    node = document.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        raise RequestError("node must be a node name (a non-empty string), not %s" % _json_type(node))
+
+    return JobRequest(command=command, args=args, callback=callback, timeout=timeout, stdin=stdin, env=env, node=node)

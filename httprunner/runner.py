@@ -25,21 +25,17 @@ from typing import Any, Protocol
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from httprunner import jobs
+from httprunner import jobs, orphans
 from httprunner.jobs import Job, JobSpec
 from httprunner.process import ExitStatus, JobProcessProtocol, close_on_exec_all, spawn_session
-from httprunner.store import JobStore
+from httprunner.store.base import JobStore, QueueFull, Recovery, Stored
 
 #: errors of a momentarily exhausted machine: worth a retry, so 503
 EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
-
-
-class QueueFull(Exception):
-    """No slot and no room in the queue: answer 503 with Retry-After."""
 
 
 class SpawnUnavailable(Exception):
@@ -51,9 +47,21 @@ class ShuttingDown(Exception):
 
 
 class RunnerObserver(Protocol):
+    """Hears every job's events, in this order."""
+
     def job_started(self, job: Job, spawn_seconds: float) -> None: ...
 
-    def job_finished(self, job: Job) -> None: ...
+    def job_finished(self, job: Job) -> None:
+        """The job reached its terminal state (before the store records it)."""
+
+    def job_recorded(self, job: Job) -> None:
+        """The store recorded the terminal state (a cluster node that lost
+        the job to a "lost" verdict is not told)."""
+
+
+#: resolves a recovered queued job's stored request under today's policy;
+#: raises an exception with a ``message`` when it may no longer run
+Resolver = Callable[[Stored], JobSpec]
 
 
 @attrs.frozen
@@ -129,13 +137,22 @@ class JobRunner(Service):
         self.walltime = walltime
         self.killpg = killpg
         self.observers: list[RunnerObserver] = []
+        #: queued, running and being-admitted jobs of this daemon, by id
+        self._active: dict[str, Job] = {}
         self._queue: deque[Job] = deque()
         self._running: dict[str, _RunningJob] = {}
         self._per_rule: dict[str, int] = {}
+        #: slots and queue places held by admissions the store is committing
+        self._reserved_slots = 0
+        self._reserved_places = 0
         self._waiters: dict[str, list[Deferred[Job]]] = {}
         self._watchers: dict[str, list[Callable[[int], None]]] = {}
         self._accepting = True
         self._all_ended: list[Deferred[None]] = []
+        #: terminal states the store has not confirmed yet
+        self._recording: set[Deferred[bool]] = set()
+        #: KILLs due to the process groups of jobs lost in a crash
+        self._orphan_kills: dict[int, IDelayedCall] = {}
 
     # -- counts -------------------------------------------------------
 
@@ -149,37 +166,130 @@ class JobRunner(Service):
 
     # -- admission ----------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> Job:
-        """Admit a job: start it, queue it, or raise QueueFull / ShuttingDown.
+    def submit(self, spec: JobSpec) -> Deferred[Job]:
+        """Admit a job: start it or queue it, once the store has it.
 
-        A job that could not even be attempted because the machine is
-        exhausted raises SpawnUnavailable and is not kept.
+        Fails with QueueFull, ShuttingDown, StoreUnavailable (nothing was
+        accepted), or SpawnUnavailable (the machine is exhausted: the job
+        is not kept).  With the memory store the Deferred has already
+        fired when this returns.
         """
+        return Deferred.fromCoroutine(self._submit(spec))
+
+    async def _submit(self, spec: JobSpec) -> Job:
         if not self._accepting:
             raise ShuttingDown()
         can_start = self._has_slot(spec.rule, spec.rule_limit)
-        if not can_start and len(self._queue) >= self.settings.max_queued:
+        if not can_start and len(self._queue) + self._reserved_places >= self.settings.max_queued:
             raise QueueFull()
         job_id = self.make_id()
         spec = attrs.evolve(spec, env={**spec.env, "HTTPRUNNER_JOB_ID": job_id})
         job = Job(job_id=job_id, spec=spec, created_at=self.walltime(), max_output=self.settings.max_output)
+        # Hold the slot (or the queue place) while the store commits, so
+        # that admissions in flight cannot overfill either.
         if can_start:
-            # Spawn before storing: an exhausted machine raises here and
-            # the job is answered 503 instead of being kept as a failure.
-            self._start(job, raise_exhaustion=True)
-            self.store.add(job)
+            self._reserved_slots += 1
+            self._per_rule[spec.rule] = self._per_rule.get(spec.rule, 0) + 1
+        else:
+            self._reserved_places += 1
+        self._active[job.id] = job
+        try:
+            await self.store.admit(job, can_start)
+        except BaseException:
+            del self._active[job.id]
+            raise
+        finally:
+            if can_start:
+                self._reserved_slots -= 1
+                self._per_rule[spec.rule] -= 1
+            else:
+                self._reserved_places -= 1
+        if not self._accepting:
+            # The daemon began to stop while the store committed: the job
+            # is recorded, so it ends like the queue does: canceled, or
+            # (durable store) queued for the next start.
+            if self.store.durable:
+                del self._active[job.id]
+            else:
+                self._end_unstarted(job, "CANCELED", "the daemon shut down before it started")
+            return job
+        if can_start:
+            try:
+                self._start(job, raise_exhaustion=True)
+            except SpawnUnavailable:
+                del self._active[job.id]
+                self.store.forget(job)
+                raise
             if job.finished:
                 self._after_finish(job)
         else:
-            self.store.add(job)
-            self._queue.append(job)
-            self.log.info("job {job_id} queued ({queued} waiting)", job_id=job.id, queued=len(self._queue))
+            self._enqueue(job)
+            self._start_queued()
         return job
 
+    def _enqueue(self, job: Job) -> None:
+        self._queue.append(job)
+        self.log.info("job {job_id} queued ({queued} waiting)", job_id=job.id, queued=len(self._queue))
+
     def _has_slot(self, rule: str, limit: int | None) -> bool:
-        if len(self._running) >= self.settings.max_running:
+        if len(self._running) + self._reserved_slots >= self.settings.max_running:
             return False
         return limit is None or self._per_rule.get(rule, 0) < limit
+
+    # -- finding ------------------------------------------------------
+
+    def find(self, job_id: str) -> Deferred[Job | None]:
+        """The job with this id: this daemon's active jobs, then the store."""
+        job = self._active.get(job_id)
+        if job is not None:
+            return succeed(job)
+        return self.store.get(job_id)
+
+    # -- recovery -----------------------------------------------------
+
+    def recover(self, recovery: Recovery, resolve: Resolver) -> None:
+        """Take over what a durable store kept across a restart.
+
+        Jobs that were running when the daemon died are already recorded
+        ``lost``: their process groups, if provably still the same
+        processes, are TERMed now and KILLed after the grace period.
+        Queued jobs are resolved again under today's policy and queued in
+        their original order; one the policy no longer allows ends
+        ``spawn_failed``.
+        """
+        for job in recovery.lost:
+            if job.pid is not None and orphans.same_process(job.pid, job.identity):
+                self.log.warn(
+                    "job {job_id} was lost when the daemon stopped: ending its process group {pid}",
+                    job_id=job.id,
+                    pid=job.pid,
+                )
+                self._end_orphan(job.pid)
+        for stored in recovery.queued:
+            job = stored.job
+            try:
+                job.launch = resolve(stored)
+            except Exception as e:
+                message = getattr(e, "message", None) or str(e)
+                self._active[job.id] = job
+                self._spawn_failed(job, "FORBIDDEN", "may no longer run after the restart: %s" % message)
+                self._after_finish(job)
+                continue
+            self._active[job.id] = job
+            self._queue.append(job)
+        if recovery.queued:
+            self.log.info("{count} queued jobs kept across the restart", count=len(self._queue))
+
+    def _end_orphan(self, pgid: int) -> None:
+        grace = self.settings.kill_grace
+        if not orphans.signal_group(pgid, signal.SIGTERM if grace > 0 else signal.SIGKILL, self.killpg):
+            return
+        if grace > 0:
+            self._orphan_kills[pgid] = self.reactor.callLater(grace, self._kill_orphan, pgid)
+
+    def _kill_orphan(self, pgid: int) -> None:
+        del self._orphan_kills[pgid]
+        orphans.signal_group(pgid, signal.SIGKILL, self.killpg)
 
     # -- running ------------------------------------------------------
 
@@ -220,12 +330,15 @@ class JobRunner(Service):
         job.state = jobs.RUNNING
         job.pid = protocol.pid
         job.started_at = self.walltime()
+        if self.store.durable and job.pid is not None:
+            job.identity = orphans.identity(job.pid)
         running = _RunningJob(job, protocol, started)
         self._running[job.id] = running
         self._per_rule[launch.rule] = self._per_rule.get(launch.rule, 0) + 1
         if job.timeout is not None:
             running.deadline = started + job.timeout
             self._schedule_deadline(running)
+        self.store.started(job)
         self.log.info(
             "job {job_id} started: {argv} (pid {pid})",
             job_id=job.id,
@@ -238,7 +351,7 @@ class JobRunner(Service):
 
     def _spawn_failed(self, job: Job, errname: str, message: str) -> None:
         job.state = jobs.SPAWN_FAILED
-        job.code = 126 if errname == "EACCES" else 127
+        job.code = 126 if errname in ("EACCES", "FORBIDDEN") else 127
         job.err = {"code": errname, "message": message}
         job.finished_at = self.walltime()
         # !r: the message names the requested program, which is user data.
@@ -305,6 +418,8 @@ class JobRunner(Service):
         signum = getattr(status, "signal", None)
         job.signal = None if signum is None else _signal_name(signum)
         job.code = 128 + signum if signum is not None else (exit_code or 0)
+        job.cpu_seconds = getattr(running.protocol, "cpu_seconds", None)
+        job.max_rss_bytes = getattr(running.protocol, "max_rss_bytes", None)
         if running.kill_reason is not None:
             reason, message = running.kill_reason
             job.state = {"TIMEOUT": jobs.TIMED_OUT, "OUTPUT_LIMIT": jobs.FAILED}.get(reason, jobs.CANCELED)
@@ -336,7 +451,10 @@ class JobRunner(Service):
         job.release_request()
         for observer in self.observers:
             observer.job_finished(job)
-        self.store.finished(job)
+        recorded = self.store.finished(job)
+        self._active.pop(job.id, None)
+        self._recording.add(recorded)
+        recorded.addBoth(self._recorded, job, recorded)
         for waiter in self._waiters.pop(job.id, ()):
             waiter.callback(job)
         for watcher in self._watchers.pop(job.id, ()):
@@ -346,11 +464,22 @@ class JobRunner(Service):
             for d in waiting:
                 d.callback(None)
 
+    def _recorded(self, won: Any, job: Job, recorded: Deferred[bool]) -> None:
+        self._recording.discard(recorded)
+        if won is True:
+            for observer in self.observers:
+                observer.job_recorded(job)
+        elif won is False:
+            self.log.warn("job {job_id} was declared lost while it ran here; its result is dropped", job_id=job.id)
+        else:
+            # A store never fails an eventual write (it retries); this is a bug.
+            self.log.failure("recording job {job_id} failed", won, job_id=job.id)
+
     def _start_queued(self) -> None:
         if not self._accepting:
             return
         for job in list(self._queue):
-            if len(self._running) >= self.settings.max_running:
+            if len(self._running) + self._reserved_slots >= self.settings.max_running:
                 return
             assert job.launch is not None
             if self._has_slot(job.launch.rule, job.launch.rule_limit):
@@ -366,7 +495,8 @@ class JobRunner(Service):
         if job.finished:
             return False
         if job.state == jobs.QUEUED:
-            self._queue.remove(job)
+            if job in self._queue:
+                self._queue.remove(job)
             self._end_unstarted(job, "CANCELED", "canceled before it started")
             return True
         running = self._running[job.id]
@@ -416,25 +546,40 @@ class JobRunner(Service):
     def startService(self) -> None:
         super().startService()
         close_on_exec_all()
+        self._start_queued()
 
     def stopService(self) -> Deferred[None]:
-        """Stop taking jobs, cancel the queue, end every running job.
+        """Stop taking jobs, settle the queue, end every running job.
 
-        Running jobs get TERM, then KILL after the grace period; the
-        Deferred fires once every one of them has ended.
+        With the memory store the queue is canceled; a durable store keeps
+        it for the next start.  Running jobs get TERM, then KILL after the
+        grace period; the Deferred fires once every one of them has ended
+        and the store has been handed its final state.
         """
         super().stopService()
         self._accepting = False
+        if self.store.durable:
+            if self._queue:
+                self.log.info("shutting down: {count} queued jobs stay queued", count=len(self._queue))
+            self._queue.clear()
         while self._queue:
             self._end_unstarted(self._queue.popleft(), "CANCELED", "the daemon shut down before it started")
-        if not self._running:
-            return succeed(None)
-        self.log.info("shutting down: stopping {count} running jobs", count=len(self._running))
-        for running in list(self._running.values()):
-            self._terminate(running, "CANCELED", "the daemon shut down")
-        d: Deferred[None] = Deferred()
-        self._all_ended.append(d)
-        return d
+        for pgid, call in list(self._orphan_kills.items()):
+            call.cancel()
+            self._kill_orphan(pgid)
+        if self._running:
+            self.log.info("shutting down: stopping {count} running jobs", count=len(self._running))
+            for running in list(self._running.values()):
+                self._terminate(running, "CANCELED", "the daemon shut down")
+            ended: Deferred[None] = Deferred()
+            self._all_ended.append(ended)
+        else:
+            ended = succeed(None)
+        return ended.addCallback(lambda _: self._settled())
+
+    def _settled(self) -> Deferred[None]:
+        waiting = list(self._recording)
+        return DeferredList(waiting, consumeErrors=True).addCallback(lambda _: None)
 
 
 class _RunningJob:

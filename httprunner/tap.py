@@ -12,10 +12,12 @@ import os
 import re
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import strports
+from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
@@ -34,13 +36,18 @@ from httprunner.guard import (
     refuse_anonymous_exposure,
 )
 from httprunner.metrics import Metrics
-from httprunner.notify import CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
+from httprunner.notify import CallbackGuard, Notifier, load_callback_secret
+from httprunner.outbox import Outbox, delivery_from_json
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.site import make_site
-from httprunner.store import MemoryJobStore
+from httprunner.store import JobStore, MemoryJobStore, StoreError
+from httprunner.store.sqlite import SQLiteJobStore
 
 log = Logger(namespace="httprunner")
+
+#: how often finished jobs older than --max-age are evicted (seconds)
+PRUNE_INTERVAL = 60.0
 
 _SIZE = re.compile(r"(\d+)\s*([kmg]?)(i?b)?", re.IGNORECASE)
 
@@ -55,6 +62,35 @@ def parse_size(text: str) -> int:
     if match is None:
         raise ValueError(text)
     return int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2).lower()]
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``12h``, ``7d``, ``2w`` -> seconds (0: none)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def parse_store(text: str) -> tuple[str, str]:
+    """``--store``: ``("memory", "")``, ``("sqlite", path)`` or ``("postgresql", uri)``."""
+    if text == "memory":
+        return "memory", ""
+    if text.startswith("sqlite:"):
+        path = text[len("sqlite:") :]
+        if not path:
+            raise usage.UsageError("--store sqlite:PATH needs a file path, like sqlite:/var/lib/httprunner/jobs.db")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise usage.UsageError("--store %s: the directory %s does not exist" % (text, directory))
+        return "sqlite", path
+    if text.startswith(("postgresql://", "postgres://")):
+        return "postgresql", text
+    raise usage.UsageError("--store must be memory, sqlite:PATH or postgresql://..., not %r" % text)
 
 
 def _number(
@@ -89,7 +125,9 @@ class Options(usage.Options):
         ["interface", "i", None, "Address to listen on (default 127.0.0.1)."],
         ["whitelist", "w", None, "Comma-separated commands that may run (exact names or absolute paths)."],
         ["policy", None, None, "TOML policy file with per-command rules."],
-        ["max-jobs", "n", "100", "Finished jobs kept in memory (oldest evicted first)."],
+        ["store", None, "memory", "Where jobs are kept: memory, sqlite:PATH, or postgresql://... (a cluster)."],
+        ["max-jobs", "n", None, "Finished jobs kept (oldest evicted first); default 100, 10000 for a durable store."],
+        ["max-age", None, "0", "Evict finished jobs older than this (30m, 12h, 7d; 0: no age limit)."],
         ["max-running", None, "32", "Jobs running at once."],
         ["max-queued", None, "1000", "Jobs waiting for a slot (0: no queue); beyond it 503."],
         ["timeout", None, "0", "Default job timeout in seconds (0: none)."],
@@ -152,7 +190,15 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        self["max_jobs"] = _number("max-jobs", self["max-jobs"], kind=int, minimum=1)
+        self["store_kind"], self["store_target"] = parse_store(self["store"])
+        default_jobs = "100" if self["store_kind"] == "memory" else "10000"
+        self["max_jobs"] = _number("max-jobs", self["max-jobs"] or default_jobs, kind=int, minimum=1)
+        try:
+            self["max_age"] = parse_duration(self["max-age"])
+        except ValueError:
+            raise usage.UsageError(
+                "--max-age: %r is not a duration (like 90s, 30m, 12h, 7d, or 0 for none)" % self["max-age"]
+            ) from None
         self["max_running"] = _number("max-running", self["max-running"], kind=int, minimum=1)
         self["max_queued"] = _number("max-queued", self["max-queued"], kind=int, minimum=0)
         self["timeout_s"] = _number("timeout", self["timeout"])
@@ -227,12 +273,22 @@ class DaemonService(MultiService):
     in ``startService``: it sees the uid the daemon really runs as.
     """
 
-    def __init__(self, *, reactor: Any, allow_root: bool, warnings: list[str], endpoints: list[str]) -> None:
+    def __init__(
+        self,
+        *,
+        reactor: Any,
+        allow_root: bool,
+        warnings: list[str],
+        endpoints: list[str],
+        open_store: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self.reactor = reactor
         self.allow_root = allow_root
         self.warnings = warnings
         self.endpoints = endpoints
+        #: opens the store and takes over what it kept (StoreError: refuse)
+        self.open_store = open_store
 
     def privilegedStartService(self) -> None:
         try:
@@ -245,6 +301,11 @@ class DaemonService(MultiService):
             raise _refuse("refusing to run as root: use twistd --uid/--gid to drop privileges, or --allow-root")
         for warning in self.warnings:
             log.warn("{warning}", warning=warning)
+        try:
+            # After --uid/--gid dropped privileges: the files are the daemon's.
+            self.open_store()
+        except StoreError as e:
+            raise _refuse(str(e)) from None
         super().startService()
         log.info("httprunner {version} listening on {endpoints}", version=__version__, endpoints=self.endpoints)
 
@@ -282,6 +343,17 @@ def _quiet_startup_errors(previous: Callable[..., Any]) -> Callable[..., Any]:
     return hook
 
 
+class _StoreService(Service):
+    """Stops last: lets the store record every pending write, then closes it."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    def stopService(self) -> Any:
+        super().stopService()
+        return self.store.close()
+
+
 class _Shutdown(Service):
     """Gives pending callbacks a bounded moment after the jobs ended."""
 
@@ -294,6 +366,30 @@ class _Shutdown(Service):
         return self.notifier.stop(grace=self.grace)
 
 
+def make_store(options: Options, reactor: Any) -> JobStore:
+    """The store ``--store`` names, not opened yet."""
+    kind = options["store_kind"]
+    if kind == "sqlite":
+        return SQLiteJobStore(
+            options["store_target"],
+            reactor=reactor,
+            max_finished=options["max_jobs"],
+            max_output=options["max_output"],
+            delivery_factory=delivery_from_json,
+        )
+    return MemoryJobStore(options["max_jobs"])
+
+
+def _prune(store: JobStore, max_age: float) -> None:
+    """Evict finished jobs older than ``--max-age``."""
+
+    def pruned(count: int) -> None:
+        if count:
+            log.info("evicted {count} finished jobs older than {max_age}s", count=count, max_age=max_age)
+
+    store.prune(time.time() - max_age).addCallbacks(pruned, lambda f: log.failure("evicting old jobs failed", f))
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -301,7 +397,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         reactor = global_reactor
     sys.excepthook = _quiet_startup_errors(sys.excepthook)
     policy = options["policy_obj"]
-    store = MemoryJobStore(options["max_jobs"])
+    store = make_store(options, reactor)
     runner = JobRunner(
         reactor=reactor,
         store=store,
@@ -323,8 +419,9 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         timeout=options["callback_timeout"],
         max_in_flight=options["max_callbacks"],
     )
+    outbox = Outbox(notifier, store)
     runner.observers.append(metrics)
-    runner.observers.append(CallbackOnFinish(notifier))
+    runner.observers.append(outbox)
     api = JobAPI(
         runner=runner,
         store=store,
@@ -349,11 +446,27 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         on_request=metrics.http_request,
         access_log=not options["no-access-log"],
     )
+
+    def open_store() -> None:
+        recovery = store.open()
+        runner.recover(recovery, api.admission.respec)
+        outbox.resume(list(recovery.deliveries))
+
     top = DaemonService(
-        reactor=reactor, allow_root=options["allow-root"], warnings=policy.warnings, endpoints=options["endpoints"]
+        reactor=reactor,
+        allow_root=options["allow-root"],
+        warnings=policy.warnings,
+        endpoints=options["endpoints"],
+        open_store=open_store,
     )
     # MultiService stops children in reverse order: listeners first (stop
-    # accepting), then the runner (end the jobs), then pending callbacks.
+    # accepting), then the runner (end the jobs), then pending callbacks,
+    # then the store (record what is left, close).
+    _StoreService(store).setServiceParent(top)
+    if options["max_age"]:
+        retention = TimerService(PRUNE_INTERVAL, _prune, store, options["max_age"])
+        retention.clock = reactor
+        retention.setServiceParent(top)
     _Shutdown(notifier, grace=5.0).setServiceParent(top)
     runner.setServiceParent(top)
     if options["tokens"] is not None:

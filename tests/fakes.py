@@ -104,3 +104,15 @@ class FakeProcessReactor(MemoryReactorClock):
         self.spawned.append(transport)
         processProtocol.makeConnection(transport)
         return transport
+
+
+def result_of(d: Any) -> Any:
+    """The result of a Deferred that has already fired (raising its failure)."""
+    from twisted.python.failure import Failure
+
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the Deferred has not fired"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]

@@ -17,7 +17,7 @@ from httprunner.policy import Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.store import MemoryJobStore
 
-from .fakes import FakeProcessReactor
+from .fakes import FakeProcessReactor, result_of
 
 
 class App:
@@ -66,7 +66,7 @@ class App:
         return results[0]
 
     def finish(self, job_id: str, output: bytes = b"") -> None:
-        job = self.store.get(job_id)
+        job = result_of(self.store.get(job_id))
         transport = next(t for t in self.reactor.spawned if t.pid == job.pid)
         if output:
             transport.proto.childDataReceived(1, output)
@@ -179,7 +179,7 @@ class _Request:
 
 
 def test_follow_streams_as_the_client_reads_and_a_hangup_leaks_nothing(app: App) -> None:
-    job = app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"])
+    job = result_of(app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"]))
     proto = next(t for t in app.reactor.spawned if t.pid == job.pid).proto
     request = _Request()
     follower = _Follower(request, app.runner, job, 1, 0)
@@ -197,7 +197,7 @@ def test_follow_streams_as_the_client_reads_and_a_hangup_leaks_nothing(app: App)
 
 
 def test_follow_ends_with_the_job(app: App) -> None:
-    job = app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"])
+    job = result_of(app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"]))
     request = _Request()
     follower = _Follower(request, app.runner, job, 1, 0)
     follower.resumeProducing()

@@ -158,7 +158,7 @@ def test_query_parameters_are_the_ones_the_api_reads() -> None:
 
     assert names("/{id}", "get") == names("/{id}/", "get") == {"wait"}
     assert names("/{id}/stdout", "get") == names("/{id}/stderr", "get") == {"offset", "follow"}
-    assert names("/jobs", "get") == {"state", "limit"}
+    assert names("/jobs", "get") == {"state", "limit", "before", "q"}
 
 
 # --------------------------------------------------------------------------

@@ -25,9 +25,10 @@ from httprunner import jobs
 from httprunner.jobs import JobSpec
 from httprunner.policy import default_environment
 from httprunner.runner import JobRunner, Settings
-from httprunner.store import MemoryJobStore
+from httprunner.store import ListQuery, MemoryJobStore
 
 from .conftest import alive
+from .fakes import result_of
 
 SH = shutil.which("sh") or "/bin/sh"
 
@@ -68,10 +69,14 @@ def runner(warm_reactor: None) -> Iterator[JobRunner]:
 
 def run(r: JobRunner, program: str, *args: str, cwd: str | None = None, **fields: Any) -> Deferred[jobs.Job]:
     env = fields.pop("env", None) or default_environment(os.environ)
-    job = r.submit(
-        JobSpec(command=program, arguments=list(args), program=program, args=args, env=env, cwd=cwd, **fields)
+    job = result_of(
+        r.submit(JobSpec(command=program, arguments=list(args), program=program, args=args, env=env, cwd=cwd, **fields))
     )
     return r.when_finished(job)
+
+
+def newest(r: JobRunner) -> jobs.Job:
+    return result_of(r.store.list(ListQuery(limit=1)))[0]
 
 
 @pytest.mark.parametrize("code", [0, 1, 42, 255])
@@ -165,7 +170,7 @@ def test_timeout_kills_the_whole_group(runner: JobRunner, cwd: str | None, tmp_p
 def test_a_job_that_ignores_term_is_killed_after_the_grace(runner: JobRunner, tmp_path: Path) -> Any:
     ready = tmp_path / "ready"
     d = run(runner, SH, "-c", "trap '' TERM; touch %s; while :; do sleep 0.1; done" % ready)
-    job = runner.store.newest().__next__()
+    job = newest(runner)
     while not ready.exists():
         yield sleep(0.02)
     started = time.monotonic()
@@ -179,7 +184,7 @@ def test_a_job_that_ignores_term_is_killed_after_the_grace(runner: JobRunner, tm
 def test_cancel_kills_grandchildren(runner: JobRunner, tmp_path: Path) -> Any:
     pidfile = tmp_path / "gc.pid"
     d = run(runner, SH, "-c", "sleep 60 & echo $! > %s; wait" % pidfile)
-    job = runner.store.newest().__next__()
+    job = newest(runner)
     while not pidfile.exists() or not pidfile.read_text().strip():
         yield sleep(0.02)
     runner.cancel(job)
@@ -218,7 +223,7 @@ def session_and_group(pid: int) -> tuple[int, int]:
 def test_each_job_leads_its_own_session_on_both_spawn_paths(runner: JobRunner, cwd: str | None, tmp_path: Path) -> Any:
     ready = tmp_path / "ready"
     d = run(runner, SH, "-c", "touch %s; sleep 30" % ready, cwd=cwd)
-    job = next(runner.store.newest())
+    job = newest(runner)
     while not ready.exists():
         yield sleep(0.02)
     assert session_and_group(job.pid) == (job.pid, job.pid)

@@ -20,10 +20,10 @@ from zope.interface.verify import verifyObject
 
 from httprunner import jobs
 from httprunner.jobs import JobSpec
-from httprunner.runner import JobRunner, QueueFull, Settings, ShuttingDown, SpawnUnavailable
-from httprunner.store import MemoryJobStore
+from httprunner.runner import JobRunner, Settings, ShuttingDown, SpawnUnavailable
+from httprunner.store import MemoryJobStore, QueueFull
 
-from .fakes import FakeProcessReactor
+from .fakes import FakeProcessReactor, result_of
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +78,7 @@ class Harness:
             env=fields.pop("env", {"PATH": "/usr/bin"}),
             **fields,
         )
-        return self.runner.submit(spec)
+        return result_of(self.runner.submit(spec))
 
     def transport(self, job: jobs.Job) -> Any:
         return next(t for t in self.reactor.spawned if t.pid == job.pid)
@@ -250,8 +250,8 @@ def test_running_jobs_are_never_evicted(program: str) -> None:
         j = h.submit()
         h.exit(j)
         done.append(j)
-    assert h.store.get(running.id) is running
-    assert [j.id for j in done if h.store.get(j.id)] == [done[-2].id, done[-1].id]
+    assert result_of(h.store.get(running.id)) is running
+    assert [j.id for j in done if result_of(h.store.get(j.id))] == [done[-2].id, done[-1].id]
 
 
 def test_output_past_cap_is_drained_at_a_bounded_duty_cycle(program: str) -> None:

@@ -1,0 +1,236 @@
+"""The write journal of the SQL stores: batched, ordered, retried writes.
+
+Every write is a small function of a database connection, built on the
+reactor thread from a snapshot of the job (the job keeps changing there)
+and run on one writer thread.  Writes handed over during one reactor turn
+are committed together in one transaction (group commit: the thread
+commits one batch while the next one gathers), so the reactor never waits
+for a disk or a server.
+
+Two kinds of write (see ``store/base.py``):
+
+- *required* (an admission): its Deferred fails with StoreUnavailable if
+  the transaction fails; nothing of it was kept;
+- *eventual* (every later transition): kept, in order, and retried with
+  backoff until the database takes it; its Deferred fires only then.
+
+A failure that is not the database's (a bug, a constraint) does not block
+the journal: the batch is replayed one write per transaction, and a write
+that fails alone is dropped (required: failed; eventual: logged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from httprunner.store.base import StoreUnavailable
+
+#: retry delays of eventual writes while the database refuses them
+RETRY_FIRST = 0.1
+RETRY_CAP = 5.0
+
+
+@attrs.define(eq=False)
+class Write:
+    """One write: ``run(connection)`` on the writer thread."""
+
+    run: Callable[[Any], Any]
+    required: bool
+    done: Deferred[Any] = attrs.field(factory=Deferred)
+    #: the job it concerns, answered from memory until the write is in
+    job_id: str | None = None
+
+
+class Journal:
+    """Runs writes on one thread in batches; see the module docstring.
+
+    ``begin(connection)``/``commit``/``rollback`` delimit a transaction;
+    ``is_outage(exception)`` tells a database that refuses writes for now
+    (disk full, I/O error, server gone) from a bug.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        connection: Callable[[], Any],
+        *,
+        begin: Callable[[Any], None],
+        commit: Callable[[Any], None],
+        rollback: Callable[[Any], None],
+        is_outage: Callable[[BaseException], bool],
+        name: str,
+        on_state: Callable[[str | None], None] = lambda error: None,
+    ) -> None:
+        self.reactor = reactor
+        self._connection = connection
+        self._begin = begin
+        self._commit = commit
+        self._rollback = rollback
+        self._is_outage = is_outage
+        self._on_state = on_state
+        self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+        self._pending: list[Write] = []
+        self._busy = False
+        self._flush_call: IDelayedCall | None = None
+        self._retry_delay = 0.0
+        self._idle_waiters: list[Deferred[None]] = []
+        #: the last outage's message, None while writes go through
+        self.last_error: str | None = None
+        self.running = False
+
+    def start(self) -> None:
+        self._pool.start()
+        self.running = True
+
+    @property
+    def backlog(self) -> int:
+        """Writes not yet committed."""
+        return len(self._pending) + (1 if self._busy else 0)
+
+    def submit(self, write: Write) -> Deferred[Any]:
+        self._pending.append(write)
+        self._schedule(0)
+        return write.done
+
+    def call(self, run: Callable[[Any], Any]) -> Deferred[Any]:
+        """Run ``run(connection)`` on the writer thread outside any batch
+        (maintenance: checkpoints)."""
+        return deferToThreadPool(self.reactor, self._pool, lambda: run(self._connection()))
+
+    def drain(self) -> Deferred[None]:
+        """Fires once every write handed over so far is in (or dropped)."""
+        d: Deferred[None] = Deferred()
+        if not self._pending and not self._busy:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
+
+    def stop(self) -> None:
+        """Stop the writer thread (after :meth:`drain`, or giving up)."""
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+        self._flush_call = None
+        if self.running:
+            self.running = False
+            self._pool.stop()
+
+    # -- internals --------------------------------------------------------
+
+    def _schedule(self, delay: float) -> None:
+        if self._busy or self._flush_call is not None or not self._pending or not self.running:
+            return
+        self._flush_call = self.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        if self._busy or not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        self._busy = True
+        d = deferToThreadPool(self.reactor, self._pool, self._run_batch, batch)
+        d.addBoth(self._batch_done, batch)
+
+    def _run_batch(self, batch: list[Write]) -> tuple[str, Any]:
+        """On the writer thread: the whole batch in one transaction."""
+        connection = self._connection()
+        try:
+            self._begin(connection)
+            results = [write.run(connection) for write in batch]
+            self._commit(connection)
+            return "ok", results
+        except BaseException as e:
+            try:
+                self._rollback(connection)
+            except BaseException:
+                pass
+            if self._is_outage(e):
+                return "outage", e
+        # Not the database's fault: one write per transaction, to find it.
+        outcomes: list[tuple[str, Any]] = []
+        for write in batch:
+            try:
+                self._begin(connection)
+                result = write.run(connection)
+                self._commit(connection)
+                outcomes.append(("ok", result))
+            except BaseException as e:
+                try:
+                    self._rollback(connection)
+                except BaseException:
+                    pass
+                outcomes.append(("outage" if self._is_outage(e) else "bug", Failure()))
+        return "each", outcomes
+
+    def _batch_done(self, outcome: Any, batch: list[Write]) -> None:
+        self._busy = False
+        if isinstance(outcome, Failure):
+            # The thread pool itself failed (stopped): treat as an outage.
+            outcome = ("outage", outcome.value)
+        kind, value = outcome
+        retry: list[Write] = []
+        if kind == "ok":
+            self._healthy()
+            for write, result in zip(batch, value, strict=True):
+                write.done.callback(result)
+        elif kind == "outage":
+            self._outage(value)
+            for write in batch:
+                if write.required:
+                    write.done.errback(StoreUnavailable(self.last_error))
+                else:
+                    retry.append(write)
+        else:
+            for write, (status, result) in zip(batch, value, strict=True):
+                if status == "ok":
+                    write.done.callback(result)
+                elif status == "outage":
+                    self._outage(result.value)
+                    if write.required:
+                        write.done.errback(StoreUnavailable(self.last_error))
+                    else:
+                        retry.append(write)
+                else:
+                    self.log.failure("a store write failed and was dropped", result)
+                    if write.required:
+                        write.done.errback(StoreUnavailable("internal error; the daemon's log has the details"))
+                    else:
+                        write.done.errback(result)
+            if not retry:
+                self._healthy()
+        if retry:
+            # Keep the order: the failed eventual writes go first.
+            self._pending[:0] = retry
+            self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_CAP)
+            self._schedule(self._retry_delay)
+        else:
+            self._schedule(0)
+        if not self._pending and not self._busy and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def _outage(self, error: BaseException) -> None:
+        message = str(error) or type(error).__name__
+        if self.last_error is None:
+            self.log.error("the store refuses writes: {error}; retrying", error=message)
+        self.last_error = message
+        self._on_state(message)
+
+    def _healthy(self) -> None:
+        if self.last_error is not None:
+            self.log.info("the store takes writes again")
+            self.last_error = None
+            self._on_state(None)
+        self._retry_delay = 0.0

@@ -1,0 +1,153 @@
+"""A job as a row of the SQL stores, and back.
+
+Both SQL stores keep the same columns (the PostgreSQL store adds the
+cluster's); this module maps a :class:`Job` to the values of a row and a
+row (a mapping of column names) back to a job.  Timestamps are POSIX
+seconds here; each store converts them to its column type.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from httprunner.jobs import Job
+from httprunner.output import OutputBuffer, OutputCounts
+
+#: what a lost job's ``err`` says (DESIGN §9)
+LOST_ERROR = {
+    "code": "LOST",
+    "message": "the daemon stopped while the job was running (crash, kill or power loss); declared lost",
+}
+
+#: the columns a listing needs: everything but the output
+SUMMARY_COLUMNS = (
+    "seq",
+    "id",
+    "state",
+    "command",
+    "arguments",
+    "callback",
+    "code",
+    "signal",
+    "err",
+    "pid",
+    "node",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "duration",
+    "timeout",
+    "cpu_seconds",
+    "max_rss_bytes",
+    "stdout_total",
+    "stderr_total",
+    "stdout_kept",
+    "stderr_kept",
+    "proc_start",
+    "boot_id",
+    "delivery_state",
+    "delivery_attempts",
+    "delivery_last_status",
+    "delivery_last_error",
+)
+OUTPUT_COLUMNS = ("stdout_head", "stdout_tail", "stderr_head", "stderr_tail")
+
+
+def job_values(job: Job) -> dict[str, Any]:
+    """Every column of ``job``'s row, output included."""
+    values = summary_values(job)
+    for name, buffer in (("stdout", job.stdout), ("stderr", job.stderr)):
+        head, tail, total = buffer.parts()
+        values[name + "_head"] = head
+        values[name + "_tail"] = tail
+    return values
+
+
+def summary_values(job: Job) -> dict[str, Any]:
+    """The columns of ``job``'s row without its output bytes."""
+    identity = job.identity
+    delivery = job.callback_delivery
+    return {
+        "id": job.id,
+        "state": job.state,
+        "command": job.command,
+        "arguments": json.dumps(job.arguments, ensure_ascii=False),
+        "search": job.command_line.casefold(),
+        "callback": job.callback,
+        "code": job.code,
+        "signal": job.signal,
+        "err": None if job.err is None else json.dumps(job.err, ensure_ascii=False),
+        "pid": job.pid,
+        "node": job.node,
+        "created_at": job.created_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
+        "duration": job.duration,
+        "timeout": job.timeout,
+        "cpu_seconds": job.cpu_seconds,
+        "max_rss_bytes": job.max_rss_bytes,
+        "stdout_total": job.stdout.total,
+        "stderr_total": job.stderr.total,
+        "stdout_kept": job.stdout.total - job.stdout.dropped,
+        "stderr_kept": job.stderr.total - job.stderr.dropped,
+        "proc_start": None if identity is None else identity[0],
+        "boot_id": None if identity is None else identity[1],
+        "delivery_state": None if delivery is None else delivery.state,
+        "delivery_attempts": None if delivery is None else delivery.attempts,
+        "delivery_last_status": None if delivery is None else delivery.last_status,
+        "delivery_last_error": None if delivery is None else delivery.last_error,
+    }
+
+
+def job_from_row(row: Mapping[str, Any], max_output: int, delivery_factory: Any) -> Job:
+    """Rebuild a job from its row; without output columns the streams are
+    empty but keep their byte counts (a listing shows no output)."""
+    job = Job.__new__(Job)
+    job.id = row["id"]
+    job.seq = row["seq"]
+    job.state = row["state"]
+    job.command = row["command"]
+    job.arguments = json.loads(row["arguments"])
+    job.callback = row["callback"]
+    job.code = row["code"]
+    job.signal = row["signal"]
+    job.err = None if row["err"] is None else json.loads(row["err"])
+    job.pid = row["pid"]
+    job.node = row["node"]
+    job.pinned_node = row.get("pinned_node")
+    job.created_at = row["created_at"]
+    job.started_at = row["started_at"]
+    job.finished_at = row["finished_at"]
+    job.duration = row["duration"]
+    job.timeout = row["timeout"]
+    job.cpu_seconds = row["cpu_seconds"]
+    job.max_rss_bytes = row["max_rss_bytes"]
+    job.launch = None
+    job.lease = row.get("lease")
+    job.identity = None if row["proc_start"] is None else (row["proc_start"], row["boot_id"])
+    job._json = None
+    for name in ("stdout", "stderr"):
+        head = row.get(name + "_head")
+        tail = row.get(name + "_tail")
+        total = row[name + "_total"]
+        if head is None:
+            # No output columns: an empty buffer that still shows how much
+            # was written and dropped.
+            buffer: OutputBuffer = OutputCounts(max_output, total, total - row[name + "_kept"])
+        else:
+            buffer = OutputBuffer.restore(max_output, bytes(head), bytes(tail or b""), total)
+        setattr(job, name, buffer)
+    if row["delivery_state"] is None:
+        job.callback_delivery = None
+    else:
+        job.callback_delivery = delivery_factory(
+            {
+                "state": row["delivery_state"],
+                "attempts": row["delivery_attempts"],
+                "last_status": row["delivery_last_status"],
+                "last_error": row["delivery_last_error"],
+            }
+        )
+    return job

@@ -1,0 +1,541 @@
+"""The SQLite store (``--store sqlite:PATH``): one daemon's durable history.
+
+One file, stdlib ``sqlite3``, WAL.  Writes go through the journal
+(``store/journal.py``) to one writer thread and are committed in batches;
+reads are short indexed queries on a second connection on the reactor
+thread (WAL lets them run beside the writer).  A job whose write is not in
+yet is answered from memory.
+
+- **One owner**: an exclusive ``flock`` on the file for the daemon's
+  lifetime; a second daemon refuses to start.  (``flock`` and SQLite's own
+  POSIX locks do not interact on Linux; the descriptor is kept open until
+  the store closes, since closing any descriptor of the file would drop
+  SQLite's POSIX locks.)
+- **Durability**: ``synchronous=FULL``: a commit is on disk before the
+  ``202`` goes out, power loss included.
+- **Secrets**: a waiting job's request (environment, stdin) lives in its
+  own table and is deleted when the job starts or ends; ``secure_delete``
+  zeroes the deleted bytes in the file's pages, and a ``TRUNCATE``
+  checkpoint shortly after empties the WAL, which still held them.
+- **Schema**: versioned with ``PRAGMA user_version``, migrated forward at
+  start; a file from a newer version refuses to start.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from httprunner import jobs
+from httprunner.jobs import Job, request_record
+from httprunner.store.base import (
+    ListQuery,
+    Recovery,
+    StoreCounts,
+    Stored,
+    StoreError,
+    StoreUnavailable,
+    UnknownCursor,
+)
+from httprunner.store.journal import Journal, Write
+from httprunner.store.rows import LOST_ERROR, OUTPUT_COLUMNS, SUMMARY_COLUMNS, job_from_row, job_values
+
+#: the schema this code writes; migrations below bring older files here
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        state TEXT NOT NULL,
+        command TEXT NOT NULL,
+        arguments TEXT NOT NULL,
+        search TEXT NOT NULL,
+        callback TEXT,
+        code INTEGER,
+        signal TEXT,
+        err TEXT,
+        pid INTEGER,
+        node TEXT,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        duration REAL,
+        timeout REAL,
+        cpu_seconds REAL,
+        max_rss_bytes INTEGER,
+        stdout_head BLOB,
+        stdout_tail BLOB,
+        stdout_total INTEGER NOT NULL DEFAULT 0,
+        stdout_kept INTEGER NOT NULL DEFAULT 0,
+        stderr_head BLOB,
+        stderr_tail BLOB,
+        stderr_total INTEGER NOT NULL DEFAULT 0,
+        stderr_kept INTEGER NOT NULL DEFAULT 0,
+        proc_start INTEGER,
+        boot_id TEXT,
+        delivery_state TEXT,
+        delivery_attempts INTEGER,
+        delivery_last_status INTEGER,
+        delivery_last_error TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, seq);
+    CREATE INDEX jobs_by_finish ON jobs (finished_at, seq) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_pending_delivery ON jobs (seq) WHERE delivery_state = 'pending';
+    -- what a waiting job needs to run (environment, stdin): deleted when
+    -- it starts or ends, so request secrets do not stay on disk
+    CREATE TABLE requests (
+        job_id TEXT PRIMARY KEY,
+        request TEXT NOT NULL
+    );
+    """,
+}
+
+#: a TRUNCATE checkpoint follows the deletion of a request this soon
+CHECKPOINT_DELAY = 1.0
+
+_SUMMARY = ", ".join(SUMMARY_COLUMNS)
+_FULL = _SUMMARY + ", " + ", ".join(OUTPUT_COLUMNS)
+_ACTIVE = "('%s', '%s')" % (jobs.QUEUED, jobs.RUNNING)
+
+
+def _is_outage(error: BaseException) -> bool:
+    """Disk full, I/O errors, a locked or read-only file: the database
+    refuses writes for now (as opposed to a bug in a statement)."""
+    return isinstance(error, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        error, sqlite3.IntegrityError | sqlite3.ProgrammingError
+    )
+
+
+class SQLiteJobStore:
+    """Jobs in one SQLite file; see the module docstring."""
+
+    log = Logger()
+    durable = True
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        reactor: Any,
+        max_finished: int,
+        max_output: int,
+        delivery_factory: Callable[[dict[str, Any]], Any],
+        walltime: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.description = "sqlite:%s" % self.path
+        self.reactor = reactor
+        self.max_finished = max_finished
+        self.max_output = max_output
+        self.delivery_factory = delivery_factory
+        self.walltime = walltime
+        self._lock_fd: int | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._journal: Journal | None = None
+        #: jobs with writes not in yet, answered from memory: id -> (job, writes)
+        self._unsaved: dict[str, list[Any]] = {}
+        #: finished jobs in the file (the writer thread's count)
+        self._finished_count = 0
+        self._checkpoint: IDelayedCall | None = None
+        self._secrets_deleted = False
+
+    # -- opening ----------------------------------------------------------
+
+    def open(self) -> Recovery:
+        """Lock, open, check, migrate, recover; StoreError in one line."""
+        self._lock()
+        try:
+            self._writer = self._connect()
+            self._prepare(self._writer)
+            recovery = self._recover(self._writer)
+            self._reader = self._connect()
+            self._reader.execute("PRAGMA query_only = ON")
+        except sqlite3.DatabaseError as e:
+            self._close_connections()
+            self._unlock()
+            raise StoreError("%s: cannot use this file as a job store: %s" % (self.path, e)) from None
+        except StoreError:
+            self._close_connections()
+            self._unlock()
+            raise
+        self._journal = Journal(
+            self.reactor,
+            lambda: self._writer,
+            begin=lambda c: c.execute("BEGIN IMMEDIATE"),
+            commit=lambda c: c.execute("COMMIT"),
+            rollback=lambda c: c.execute("ROLLBACK"),
+            is_outage=_is_outage,
+            name="httprunner-sqlite",
+        )
+        self._journal.start()
+        return recovery
+
+    def _lock(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StoreError("%s: cannot open the job store: %s" % (self.path, e.strerror)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise StoreError("%s: another httprunner daemon is using this job store" % self.path) from None
+            raise StoreError("%s: cannot lock the job store: %s" % (self.path, e.strerror)) from None
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; the journal
+        # delimits its own.  The writer runs on its own thread.
+        connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA busy_timeout = 5000")
+        return connection
+
+    def _prepare(self, c: sqlite3.Connection) -> None:
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError("%s: cannot switch the file to WAL mode (got %s)" % (self.path, mode))
+        c.execute("PRAGMA synchronous = FULL")
+        c.execute("PRAGMA secure_delete = ON")
+        check = c.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StoreError("%s: the job store is damaged (%s); restore it from a backup" % (self.path, check))
+        version = c.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                "%s: the job store has schema version %d, newer than this httprunner's %d; upgrade httprunner"
+                % (self.path, version, SCHEMA_VERSION)
+            )
+        if version == 0 and c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+            raise StoreError("%s: this SQLite file is not an httprunner job store" % self.path)
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            c.executescript("BEGIN IMMEDIATE;" + MIGRATIONS[target] + "PRAGMA user_version = %d; COMMIT;" % target)
+            self.log.info("job store {path} migrated to schema {version}", path=self.path, version=target)
+
+    def _recover(self, c: sqlite3.Connection) -> Recovery:
+        """Declare the jobs that were running lost; load the queue and the
+        pending callbacks."""
+        now = self.walltime()
+        running = [
+            job_from_row(row, self.max_output, self.delivery_factory)
+            for row in c.execute("SELECT %s FROM jobs WHERE state = ? ORDER BY seq" % _SUMMARY, (jobs.RUNNING,))
+        ]
+        c.execute("BEGIN IMMEDIATE")
+        for job in running:
+            c.execute(
+                "UPDATE jobs SET state = ?, code = -1, err = ?, finished_at = ?,"
+                " delivery_state = CASE WHEN callback IS NULL THEN NULL ELSE 'pending' END,"
+                " delivery_attempts = CASE WHEN callback IS NULL THEN NULL ELSE 0 END WHERE id = ?",
+                (jobs.LOST, json.dumps(LOST_ERROR), now, job.id),
+            )
+            c.execute("DELETE FROM requests WHERE job_id = ?", (job.id,))
+            self.log.warn("job {job_id} was running when the daemon stopped: declared lost", job_id=job.id)
+        c.execute("COMMIT")
+        queued = [
+            Stored(
+                job_from_row(row, self.max_output, self.delivery_factory),
+                None if row["request"] is None else json.loads(row["request"]),
+            )
+            for row in c.execute(
+                "SELECT %s, request FROM jobs LEFT JOIN requests ON requests.job_id = jobs.id"
+                " WHERE state = ? ORDER BY seq" % _SUMMARY,
+                (jobs.QUEUED,),
+            )
+        ]
+        deliveries = [
+            job_from_row(row, self.max_output, self.delivery_factory)
+            for row in c.execute("SELECT %s FROM jobs WHERE delivery_state = 'pending' ORDER BY seq" % _FULL)
+        ]
+        self._finished_count = c.execute("SELECT count(*) FROM jobs WHERE finished_at IS NOT NULL").fetchone()[0]
+        c.execute("BEGIN IMMEDIATE")
+        self._evict(c)
+        c.execute("COMMIT")
+        return Recovery(queued=queued, lost=running, deliveries=deliveries)
+
+    def close(self) -> Deferred[None]:
+        """Let every pending write in (bounded), then release the file."""
+        journal = self._journal
+        if journal is None:
+            self._close_connections()
+            self._unlock()
+            return succeed(None)
+        if self._checkpoint is not None and self._checkpoint.active():
+            self._checkpoint.cancel()
+        self._checkpoint = None
+        d = journal.drain()
+        if self._secrets_deleted:
+            d.addCallback(lambda _: journal.call(_truncate_wal))
+            d.addErrback(lambda f: None)
+
+        def closed(result: object) -> None:
+            if journal.backlog:
+                self.log.error(
+                    "job store {path}: {count} writes could not be recorded before the daemon stopped",
+                    path=self.path,
+                    count=journal.backlog,
+                )
+            journal.stop()
+            self._journal = None
+            self._close_connections()
+            self._unlock()
+
+        return d.addBoth(closed)
+
+    def _close_connections(self) -> None:
+        for connection in (self._reader, self._writer):
+            if connection is not None:
+                try:
+                    connection.close()
+                except sqlite3.Error:
+                    pass
+        self._reader = self._writer = None
+
+    # -- writes -------------------------------------------------------------
+
+    def _write(self, job: Job | None, run: Callable[[sqlite3.Connection], Any], required: bool) -> Deferred[Any]:
+        assert self._journal is not None, "the store is not open"
+        write = Write(run=run, required=required, job_id=None if job is None else job.id)
+        if job is not None:
+            entry = self._unsaved.get(job.id)
+            if entry is None:
+                self._unsaved[job.id] = [job, 1]
+            else:
+                entry[0] = job
+                entry[1] += 1
+            write.done.addBoth(self._saved, job.id)
+        return self._journal.submit(write)
+
+    def _saved(self, result: Any, job_id: str) -> Any:
+        entry = self._unsaved.get(job_id)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._unsaved[job_id]
+        return result
+
+    def admit(self, job: Job, starting: bool = False) -> Deferred[None]:
+        values = job_values(job)
+        if starting:
+            # Recorded as running from the start: a crash between the spawn
+            # and the next commit leaves it lost, never queued to run twice.
+            values["state"] = jobs.RUNNING
+        assert job.launch is not None
+        request = json.dumps(request_record(job.launch), ensure_ascii=False)
+        columns = ", ".join(values)
+        marks = ", ".join("?" * len(values))
+
+        def run(c: sqlite3.Connection) -> int:
+            cursor = c.execute("INSERT INTO jobs (%s) VALUES (%s)" % (columns, marks), tuple(values.values()))
+            c.execute("INSERT INTO requests (job_id, request) VALUES (?, ?)", (job.id, request))
+            return int(cursor.lastrowid or 0)
+
+        def admitted(seq: int) -> None:
+            job.seq = seq
+
+        return self._write(job, run, required=True).addCallback(admitted)
+
+    def started(self, job: Job) -> None:
+        identity = job.identity
+        values = (
+            job.state,
+            job.pid,
+            job.node,
+            job.started_at,
+            None if identity is None else identity[0],
+            None if identity is None else identity[1],
+            job.id,
+        )
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET state = ?, pid = ?, node = ?, started_at = ?, proc_start = ?, boot_id = ?"
+                " WHERE id = ?",
+                values,
+            )
+            self._forget_request(c, values[-1])
+
+        self._write(job, run, required=False)
+
+    def finished(self, job: Job) -> Deferred[bool]:
+        values = job_values(job)
+        job_id = values.pop("id")
+        assignments = ", ".join("%s = ?" % name for name in values)
+
+        def run(c: sqlite3.Connection) -> bool:
+            cursor = c.execute(
+                "UPDATE jobs SET %s WHERE id = ? AND finished_at IS NULL" % assignments, (*values.values(), job_id)
+            )
+            self._forget_request(c, job_id)
+            if cursor.rowcount:
+                self._finished_count += 1
+                self._evict(c)
+            return True
+
+        return self._write(job, run, required=False)
+
+    def delivery_changed(self, job: Job) -> None:
+        delivery = job.callback_delivery
+        values = (delivery.state, delivery.attempts, delivery.last_status, delivery.last_error, job.id)
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET delivery_state = ?, delivery_attempts = ?, delivery_last_status = ?,"
+                " delivery_last_error = ? WHERE id = ?",
+                values,
+            )
+
+        self._write(job, run, required=False)
+
+    def forget(self, job: Job) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
+            self._forget_request(c, job.id)
+
+        self._write(job, run, required=False).addBoth(lambda _: self._unsaved.pop(job.id, None))
+
+    def prune(self, before: float) -> Deferred[int]:
+        def run(c: sqlite3.Connection) -> int:
+            cursor = c.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (before,))
+            self._finished_count -= cursor.rowcount
+            return cursor.rowcount
+
+        return self._write(None, run, required=True)
+
+    # On the writer thread:
+
+    def _forget_request(self, c: sqlite3.Connection, job_id: str) -> None:
+        if c.execute("DELETE FROM requests WHERE job_id = ?", (job_id,)).rowcount:
+            self.reactor.callFromThread(self._schedule_checkpoint)
+
+    def _evict(self, c: sqlite3.Connection) -> None:
+        excess = self._finished_count - self.max_finished
+        if excess > 0:
+            cursor = c.execute(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL"
+                " ORDER BY finished_at, seq LIMIT ?)",
+                (excess,),
+            )
+            self._finished_count -= cursor.rowcount
+
+    # -- the WAL after secrets were deleted ---------------------------------
+
+    def _schedule_checkpoint(self) -> None:
+        self._secrets_deleted = True
+        if self._checkpoint is None and self._journal is not None:
+            self._checkpoint = self.reactor.callLater(CHECKPOINT_DELAY, self._run_checkpoint)
+
+    def _run_checkpoint(self) -> None:
+        self._checkpoint = None
+        journal = self._journal
+        if journal is None:
+            return
+        self._secrets_deleted = False
+
+        def done(busy: Any) -> None:
+            if busy:
+                # A reader held an old snapshot: try again shortly.
+                self._schedule_checkpoint()
+
+        def failed(failure: Any) -> None:
+            self._schedule_checkpoint()
+            self.log.warn("job store {path}: WAL checkpoint failed: {error}", path=self.path, error=failure.value)
+
+        journal.call(_truncate_wal).addCallbacks(done, failed)
+
+    # -- reads ----------------------------------------------------------------
+
+    def _read(self, sql: str, args: Iterable[Any]) -> list[sqlite3.Row]:
+        assert self._reader is not None, "the store is not open"
+        try:
+            return self._reader.execute(sql, tuple(args)).fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable("the job store cannot be read: %s" % e) from None
+
+    def get(self, job_id: str) -> Deferred[Job | None]:
+        entry = self._unsaved.get(job_id)
+        if entry is not None:
+            return succeed(entry[0])
+        try:
+            rows = self._read("SELECT %s FROM jobs WHERE id = ?" % _FULL, (job_id,))
+        except StoreUnavailable as e:
+            return fail(e)
+        if not rows:
+            return succeed(None)
+        return succeed(job_from_row(rows[0], self.max_output, self.delivery_factory))
+
+    def list(self, query: ListQuery) -> Deferred[list[Job]]:
+        where: list[str] = []
+        args: list[Any] = []
+        try:
+            if query.before is not None:
+                cursor = self._read("SELECT seq FROM jobs WHERE id = ?", (query.before,))
+                if not cursor:
+                    unsaved = self._unsaved.get(query.before)
+                    if unsaved is None or unsaved[0].seq is None:
+                        raise UnknownCursor(query.before)
+                    before_seq = unsaved[0].seq
+                else:
+                    before_seq = cursor[0]["seq"]
+                where.append("seq < ?")
+                args.append(before_seq)
+            if query.states is not None:
+                where.append("state IN (%s)" % ", ".join("?" * len(query.states)))
+                args.extend(sorted(query.states))
+            if query.text:
+                where.append("instr(search, ?) > 0")
+                args.append(query.text.casefold())
+            sql = "SELECT %s FROM jobs%s ORDER BY seq DESC LIMIT ?" % (
+                _SUMMARY,
+                (" WHERE " + " AND ".join(where)) if where else "",
+            )
+            rows = self._read(sql, (*args, query.limit))
+        except (StoreUnavailable, UnknownCursor) as e:
+            return fail(e)
+        found = []
+        for row in rows:
+            entry = self._unsaved.get(row["id"])
+            job = entry[0] if entry is not None else job_from_row(row, self.max_output, self.delivery_factory)
+            if query.states is None or job.state in query.states:
+                found.append(job)
+        return succeed(found)
+
+    def counts(self, since: float) -> Deferred[StoreCounts]:
+        try:
+            states = {row[0]: row[1] for row in self._read("SELECT state, count(*) FROM jobs GROUP BY state", ())}
+            finished = [
+                (int(row[0]) * 60, row[1], row[2])
+                for row in self._read(
+                    "SELECT CAST(finished_at / 60 AS INTEGER) AS minute, state, count(*) FROM jobs"
+                    " WHERE finished_at >= ? GROUP BY minute, state ORDER BY minute",
+                    (since,),
+                )
+            ]
+        except StoreUnavailable as e:
+            return fail(e)
+        return succeed(StoreCounts(states=states, finished=finished))
+
+
+def _truncate_wal(c: sqlite3.Connection) -> int:
+    """Checkpoint and truncate the WAL; the first column is 1 if a reader
+    kept it from completing."""
+    row = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return int(row[0])
