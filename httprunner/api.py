@@ -25,8 +25,8 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from httprunner import __version__
+from httprunner.callbacks import CallbackURLError, check_callback_url
 from httprunner.jobs import STATES, Job, JobSpec
-from httprunner.notify import CallbackURLError, check_callback_url
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.policy import PolicyError
 from httprunner.responses import dump_json, json_error, json_response

@@ -25,6 +25,7 @@ from twisted.python import usage
 
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
+from httprunner.callbacks import CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.guard import ConfigError as GuardConfigError
 from httprunner.guard import (
     GuardedResource,
@@ -34,7 +35,6 @@ from httprunner.guard import (
     refuse_anonymous_exposure,
 )
 from httprunner.metrics import Metrics
-from httprunner.notify import CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.site import make_site

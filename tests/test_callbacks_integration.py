@@ -1,4 +1,4 @@
-"""Integration tests for httprunner.notify: real receivers on loopback, the real reactor.
+"""Integration tests for httprunner.callbacks: real receivers on loopback, the real reactor.
 
 Each receiver is a twisted.web Site on port 0; the Notifier uses the real
 reactor, its real name resolver and real TCP connections.
@@ -23,7 +23,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from httprunner.notify import SHUTDOWN_ERROR, CallbackDelivery, CallbackGuard, Notifier
+from httprunner.callbacks import SHUTDOWN_ERROR, CallbackDelivery, CallbackGuard, Notifier
 
 JOB_ID = "89abcdef0123456789abcdef0123456789abcdef"
 BODY = json.dumps({"id": JOB_ID, "stdout": "héllo ✓\n", "code": 0}, ensure_ascii=False).encode()
