@@ -182,8 +182,11 @@ class Harness:
         kwargs.setdefault("endpoint_factory", self.network.endpoint)
         self.notifier = Notifier(self.reactor, **kwargs)
 
-    def deliver(self, url: str, body: bytes = BODY, job_id: str = JOB_ID) -> tuple[CallbackDelivery, list[Any]]:
-        delivery = CallbackDelivery()
+    def deliver(
+        self, url: str, body: bytes = BODY, job_id: str = JOB_ID, delivery: CallbackDelivery | None = None
+    ) -> tuple[CallbackDelivery, list[Any]]:
+        """Start a delivery (of a fresh record unless one is given); the list gets its result."""
+        delivery = delivery if delivery is not None else CallbackDelivery()
         results: list[Any] = []
         self.notifier.deliver(job_id, url, body, delivery).addBoth(results.append)
         return delivery, results

@@ -7,7 +7,7 @@ One module a concern, each importing only those before it:
 - :mod:`.signing`: the secret file and Standard Webhooks signatures;
 - :mod:`.transport`: HTTP that connects only to checked addresses, reads little;
 - :mod:`.delivery`: the delivery record, the :class:`Notifier` (retries,
-  deadlines, shutdown) and the runner observer.
+  deadlines, shutdown, the outbox hooks) and the runner observer.
 """
 
 from httprunner.callbacks.delivery import (
@@ -16,6 +16,7 @@ from httprunner.callbacks.delivery import (
     DELIVERY_FAILED,
     DELIVERY_PENDING,
     DELIVERY_REFUSED,
+    DELIVERY_STATES,
     RESPONSE_READ_LIMIT,
     SHUTDOWN_ERROR,
     CallbackDelivery,
@@ -42,6 +43,7 @@ __all__ = [
     "DELIVERY_FAILED",
     "DELIVERY_PENDING",
     "DELIVERY_REFUSED",
+    "DELIVERY_STATES",
     "MAX_CALLBACK_URL_BYTES",
     "RESPONSE_READ_LIMIT",
     "SHUTDOWN_ERROR",

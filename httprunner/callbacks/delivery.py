@@ -6,6 +6,13 @@ tells :class:`CallbackOnFinish`, which hands the job's JSON bytes to
 every attempt in a :class:`CallbackDelivery` that the job JSON shows as
 ``callback_delivery``.
 
+Outbox: a record can be rebuilt from stored fields
+(:meth:`CallbackDelivery.from_json`) and handed to :meth:`Notifier.deliver`
+again after a restart; the attempts it already made count. ``on_change``
+tells a store about every change of a record so it can persist it, and
+``abandon_as_pending`` leaves deliveries cut short by a shutdown
+``pending``, for the next start.
+
 A delivery never raises into its caller and never affects another one.
 Every attempt has a deadline covering resolution, connect, request and
 response; see :mod:`.transport` for what is sent and read.
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 import random as _random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol, TypedDict
@@ -46,6 +53,8 @@ DELIVERY_PENDING = "pending"
 DELIVERY_DELIVERED = "delivered"
 DELIVERY_FAILED = "failed"
 DELIVERY_REFUSED = "refused"
+#: Every state of a delivery record; all but ``pending`` are final.
+DELIVERY_STATES = (DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVERY_REFUSED)
 
 SHUTDOWN_ERROR = "the daemon shut down before the callback was delivered"
 CANCELED_ERROR = "the callback delivery was canceled"
@@ -81,11 +90,23 @@ class CallbackDelivery:
 
     __slots__ = ("state", "attempts", "last_status", "last_error")
 
-    def __init__(self) -> None:
-        self.state: str = DELIVERY_PENDING
-        self.attempts: int = 0
-        self.last_status: int | None = None
-        self.last_error: str | None = None
+    def __init__(
+        self,
+        *,
+        state: str = DELIVERY_PENDING,
+        attempts: int = 0,
+        last_status: int | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        self.state = state
+        self.attempts = attempts
+        self.last_status = last_status
+        self.last_error = last_error
+
+    @property
+    def final(self) -> bool:
+        """True once delivered, failed or refused: it will not be sent again."""
+        return self.state != DELIVERY_PENDING
 
     def to_json(self) -> DeliveryJSON:
         return {
@@ -95,8 +116,36 @@ class CallbackDelivery:
             "last_error": self.last_error,
         }
 
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> CallbackDelivery:
+        """Rebuild a record from what :meth:`to_json` gave (a store's copy).
+
+        Checks every field, since a store's file can be old or damaged:
+        :class:`ValueError` names the first bad one. Other keys are ignored.
+        """
+        state = data.get("state")
+        attempts = data.get("attempts")
+        last_status = data.get("last_status")
+        last_error = data.get("last_error")
+        if not isinstance(state, str) or state not in DELIVERY_STATES:
+            raise ValueError(f"callback_delivery state {state!r} is not one of {', '.join(DELIVERY_STATES)}")
+        # bool is an int in Python; a stored true/false is no count or status.
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
+            raise ValueError(f"callback_delivery attempts {attempts!r} is not a count")
+        if last_status is not None and (
+            not isinstance(last_status, int) or isinstance(last_status, bool) or not 100 <= last_status <= 999
+        ):
+            raise ValueError(f"callback_delivery last_status {last_status!r} is not an HTTP status")
+        if last_error is not None and not isinstance(last_error, str):
+            raise ValueError(f"callback_delivery last_error {last_error!r} is not text")
+        return cls(state=state, attempts=attempts, last_status=last_status, last_error=last_error)
+
     def __repr__(self) -> str:
         return f"<CallbackDelivery {self.to_json()!r}>"
+
+
+def _ignore_change(job_id: str, delivery: CallbackDelivery) -> None:
+    pass
 
 
 def _ignore_attempt(outcome: str) -> None:
@@ -182,6 +231,8 @@ class _Pending:
 
     task: Deferred[None] | None = None
     abort_reason: str | None = None
+    #: aborted by :meth:`Notifier.stop` (not by its caller)
+    shutdown: bool = False
 
 
 # ---------------------------------------------------------------------------
@@ -197,7 +248,18 @@ class Notifier:
     https wraps it in TLS for the URL's host name (``tls_policy``).
 
     ``on_attempt(outcome)`` is told each attempt's outcome (``delivered``,
-    ``retry``, ``failed`` or ``refused``: the metrics).
+    ``retry``, ``failed`` or ``refused``: the metrics). ``on_change(job_id,
+    delivery)`` is called, synchronously, after every change of a record:
+    each recorded attempt (a retry still ``pending`` included), the final
+    state, and an abandonment at shutdown; a store persists the record
+    there. The record is updated in place later: copy it (``to_json()``)
+    before returning. An exception in a hook is logged and ignored.
+
+    ``abandon_as_pending``: what :meth:`stop` does to deliveries it cuts
+    short. False (the memory store): they end ``failed`` with
+    :data:`SHUTDOWN_ERROR`. True (a durable store, the callback outbox):
+    they stay ``pending``, with the attempts recorded so far, so that the
+    next start resumes them.
     """
 
     def __init__(
@@ -215,6 +277,8 @@ class Notifier:
         backoff_cap: float = 60.0,
         tls_policy: IPolicyForHTTPS | None = None,
         on_attempt: Callable[[str], None] = _ignore_attempt,
+        on_change: Callable[[str, CallbackDelivery], None] = _ignore_change,
+        abandon_as_pending: bool = False,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -242,6 +306,8 @@ class Notifier:
         self._idle_waiters: list[Deferred[None]] = []
         self._stopped = False
         self._on_attempt = on_attempt
+        self._on_change = on_change
+        self._abandon_as_pending = abandon_as_pending
 
     # -- public --------------------------------------------------------------
 
@@ -260,10 +326,19 @@ class Notifier:
         return delay * (0.8 + 0.4 * self._random())
 
     def deliver(self, job_id: str, url: str, body: bytes, delivery: CallbackDelivery) -> Deferred[CallbackDelivery]:
-        """POST ``body`` to ``url``; fires with ``delivery`` when it is final. Never errbacks."""
+        """POST ``body`` to ``url``; fires with ``delivery`` when it is final. Never errbacks.
+
+        A record that already made ``k`` attempts (resumed from a store)
+        gets at most ``attempts - k`` more, numbered from ``k + 1``, the
+        first at once. A final record is not sent again: the Deferred fires
+        with it unchanged. After :meth:`stop`, or when stop cuts a delivery
+        short, the Deferred fires with the record abandoned (``failed``, or
+        still ``pending`` with ``abandon_as_pending``).
+        """
+        if delivery.final:
+            return succeed(delivery)
         if self._stopped:
-            delivery.state = DELIVERY_FAILED
-            delivery.last_error = SHUTDOWN_ERROR
+            self._abandon(job_id, delivery, SHUTDOWN_ERROR, shutdown=True)
             return succeed(delivery)
         try:
             target = parse_callback_url(url)
@@ -271,6 +346,22 @@ class Notifier:
             delivery.state = DELIVERY_FAILED
             delivery.last_error = str(e)
             _log.warn("callback for job {job_id} not sent: {error}", job_id=job_id, error=str(e))
+            self._changed(job_id, delivery)
+            return succeed(delivery)
+        if delivery.attempts >= self._attempts:
+            # Resumed with every attempt used (the setting was lowered since):
+            # the last attempt's status and error say why it failed.
+            delivery.state = DELIVERY_FAILED
+            if delivery.last_error is None:
+                delivery.last_error = f"no attempt left ({delivery.attempts} made, {self._attempts} allowed)"
+            _log.warn(
+                "callback for job {job_id} to {url!r} not resumed: {error}",
+                job_id=job_id,
+                url=target.log_url,
+                attempt=delivery.attempts,
+                error=delivery.last_error,
+            )
+            self._changed(job_id, delivery)
             return succeed(delivery)
 
         pending = _Pending()
@@ -291,10 +382,12 @@ class Notifier:
         return result
 
     def stop(self, grace: float = 5.0) -> Deferred[None]:
-        """Let pending deliveries finish for at most ``grace`` seconds, then cancel them.
+        """Let pending deliveries finish for at most ``grace`` seconds, then abandon them.
 
-        Canceled deliveries end ``failed`` with :data:`SHUTDOWN_ERROR`. Fires
-        with None when nothing is pending; leaves no timer behind.
+        Abandoned deliveries end ``failed`` with :data:`SHUTDOWN_ERROR`, or
+        stay ``pending`` with ``abandon_as_pending``; an attempt cut short
+        is not counted. Fires with None when nothing is pending; leaves no
+        timer behind.
         """
         if self._stopped:
             return succeed(None)
@@ -321,12 +414,27 @@ class Notifier:
 
     # -- delivery ------------------------------------------------------------
 
+    def _changed(self, job_id: str, delivery: CallbackDelivery) -> None:
+        """Tell ``on_change``; a broken hook must not break the delivery."""
+        try:
+            self._on_change(job_id, delivery)
+        except Exception:
+            _log.failure("callback for job {job_id}: the on_change hook failed", job_id=job_id)
+
+    def _abandon(self, job_id: str, delivery: CallbackDelivery, reason: str, *, shutdown: bool) -> None:
+        """Give up on a delivery for now: ``failed``, or ``pending`` for the next start."""
+        if not (shutdown and self._abandon_as_pending):
+            delivery.state = DELIVERY_FAILED
+            delivery.last_error = reason
+        self._changed(job_id, delivery)
+
     def _abort_all(self) -> None:
         # Mark every delivery first: canceling one frees a slot, and a queued
         # delivery handed that slot must see it is aborted before connecting.
         victims = [p for p in self._pending if p.task is not None and not p.task.called]
         for pending in victims:
             pending.abort_reason = SHUTDOWN_ERROR
+            pending.shutdown = True
         for pending in victims:
             if pending.task is not None and not pending.task.called:
                 pending.task.cancel()
@@ -353,9 +461,12 @@ class Notifier:
         delivery: CallbackDelivery,
         pending: _Pending,
     ) -> None:
+        # A resumed record goes on from the attempts it made; its first try
+        # here does not wait (the restart was the pause).
+        first = delivery.attempts + 1
         try:
-            for attempt in range(1, self._attempts + 1):
-                if attempt > 1:
+            for attempt in range(first, self._attempts + 1):
+                if attempt > first:
                     await deferLater(self._reactor, self.backoff_delay(attempt - 1))
                 await self._slots.acquire()
                 try:
@@ -370,20 +481,29 @@ class Notifier:
                 if self._record(job_id, target, delivery, attempt, result, time.monotonic() - started):
                     return
         except CancelledError:
-            delivery.state = DELIVERY_FAILED
-            delivery.last_error = pending.abort_reason or CANCELED_ERROR
-            _log.warn(
-                "callback for job {job_id} to {url!r} abandoned: {error}",
-                job_id=job_id,
-                url=target.log_url,
-                attempt=delivery.attempts,
-                error=delivery.last_error,
-            )
+            self._abandon(job_id, delivery, pending.abort_reason or CANCELED_ERROR, shutdown=pending.shutdown)
+            if delivery.final:
+                _log.warn(
+                    "callback for job {job_id} to {url!r} abandoned: {error}",
+                    job_id=job_id,
+                    url=target.log_url,
+                    attempt=delivery.attempts,
+                    error=delivery.last_error,
+                )
+            else:
+                _log.info(
+                    "callback for job {job_id} to {url!r} left pending for the next start",
+                    job_id=job_id,
+                    url=target.log_url,
+                    attempt=delivery.attempts,
+                    state=delivery.state,
+                )
         except Exception:
             # A bug here must not escape into the runner or leave "pending".
             delivery.state = DELIVERY_FAILED
             delivery.last_error = "internal error"
             _log.failure("callback for job {job_id} crashed", job_id=job_id)
+            self._changed(job_id, delivery)
 
     async def _attempt_with_deadline(self, job_id: str, target: CallbackTarget, body: bytes) -> _Result:
         """One attempt, canceled ``timeout`` seconds after it starts.
@@ -424,7 +544,7 @@ class Notifier:
         result: _Result,
         duration: float,
     ) -> bool:
-        """Apply one attempt's result to ``delivery`` and log it; True when final."""
+        """Apply one attempt's result to ``delivery``, log it, tell ``on_change``; True when final."""
         if result.refused:
             delivery.state = DELIVERY_REFUSED
             delivery.last_error = result.error
@@ -439,6 +559,7 @@ class Notifier:
                 duration=round(duration, 6),
                 state=delivery.state,
             )
+            self._changed(job_id, delivery)
             return True
         delivery.attempts = attempt
         delivery.last_status = result.status
@@ -470,6 +591,7 @@ class Notifier:
                 "callback for job {job_id} to {url!r} attempt {attempt} failed: {error}",
                 **fields,
             )
+        self._changed(job_id, delivery)
         return final
 
     async def _attempt(self, job_id: str, target: CallbackTarget, body: bytes) -> _Result:
@@ -554,3 +676,21 @@ class CallbackOnFinish:
         delivery = CallbackDelivery()
         job.callback_delivery = delivery
         self.notifier.deliver(job.id, job.callback, job.to_json_bytes(), delivery)
+
+    def resume(self, job: CallbackJob) -> Deferred[CallbackDelivery] | None:
+        """Go on with the callback of a finished job loaded from a store (the outbox).
+
+        For a job whose record is still ``pending``; None for any other.
+        The body is rebuilt as the first attempt sent it (the record in it
+        ``pending`` with no attempt), so it is byte-identical as long as
+        the job's other fields are as they were stored when it ended.
+        """
+        delivery = job.callback_delivery
+        if job.callback is None or delivery is None or delivery.final:
+            return None
+        job.callback_delivery = CallbackDelivery()
+        try:
+            body = job.to_json_bytes()
+        finally:
+            job.callback_delivery = delivery
+        return self.notifier.deliver(job.id, job.callback, body, delivery)
