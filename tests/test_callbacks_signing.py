@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from httprunner.callbacks import load_callback_secret
+from httprunner.callbacks import load_callback_secret, sign_webhook
 
 from .callback_fakes import BODY, JOB_ID, Harness
 
@@ -112,3 +112,13 @@ def test_retries_send_the_same_bytes_with_fresh_timestamps_and_signatures() -> N
     assert results == [delivery]
     assert delivery.to_json() == {"state": "delivered", "attempts": 3, "last_status": 200, "last_error": None}
     h.finish()
+
+
+def test_signature_matches_the_standard_webhooks_published_test_vector(tmp_path: Any) -> None:
+    # The specification's own example: any receiver library verifies what matches it.
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n")
+    signature = sign_webhook(
+        load_callback_secret(str(secret_file)), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, b'{"test": 2432232314}'
+    )
+    assert signature == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
