@@ -12,7 +12,7 @@ setup(
     python_requires=">=3.11",
     # "twisted.plugins" is listed so the dropin is installed; there is no
     # __init__.py in twisted/ or twisted/plugins/ (it would shadow Twisted).
-    packages=["httprunner", "twisted.plugins"],
+    packages=["httprunner", "httprunner.callbacks", "httprunner.store", "twisted.plugins"],
     package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
     install_requires=[
         "Twisted[tls]>=24.7",

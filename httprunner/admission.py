@@ -14,8 +14,8 @@ from typing import Any
 
 import attrs
 
+from httprunner.callbacks import CallbackGuard, CallbackURLError, check_callback_url
 from httprunner.jobs import JobSpec
-from httprunner.notify import CallbackGuard, CallbackURLError, check_callback_url
 from httprunner.parsing import JobRequest, RequestError
 from httprunner.policy import Policy, PolicyError
 from httprunner.store.base import Stored

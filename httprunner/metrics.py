@@ -1,7 +1,7 @@
 """Prometheus metrics of the daemon, on a registry of its own.
 
 :class:`Metrics` is a runner observer (``job_started``/``job_finished``)
-plus two hooks for the other layers: ``callback_attempt`` (notify) and
+plus two hooks for the other layers: ``callback_attempt`` (callbacks) and
 ``http_request`` (the site's access log).  ``render`` produces the body of
 ``GET /metrics`` in the Prometheus text format.
 

@@ -27,6 +27,7 @@ from twisted.python import usage
 
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
+from httprunner.callbacks import CallbackDelivery, CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.guard import ConfigError as GuardConfigError
 from httprunner.guard import (
     GuardedResource,
@@ -36,8 +37,6 @@ from httprunner.guard import (
     refuse_anonymous_exposure,
 )
 from httprunner.metrics import Metrics
-from httprunner.notify import CallbackGuard, Notifier, load_callback_secret
-from httprunner.outbox import Outbox, delivery_from_json
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.site import make_site
@@ -375,7 +374,7 @@ def make_store(options: Options, reactor: Any) -> JobStore:
             reactor=reactor,
             max_finished=options["max_jobs"],
             max_output=options["max_output"],
-            delivery_factory=delivery_from_json,
+            delivery_factory=CallbackDelivery.from_json,
         )
     return MemoryJobStore(options["max_jobs"])
 
@@ -418,8 +417,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         attempts=options["callback_attempts"],
         timeout=options["callback_timeout"],
         max_in_flight=options["max_callbacks"],
+        # The outbox: every change of a record goes to the store, and a
+        # durable store keeps what a shutdown cut short pending, to resume.
+        on_change=lambda job_id, delivery: store.delivery_changed(job_id, delivery.to_json()),
+        abandon_as_pending=store.durable,
     )
-    outbox = Outbox(notifier, store)
+    outbox = CallbackOnFinish(notifier)
     runner.observers.append(metrics)
     runner.observers.append(outbox)
     api = JobAPI(
@@ -450,7 +453,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     def open_store() -> None:
         recovery = store.open()
         runner.recover(recovery, api.admission.respec)
-        outbox.resume(list(recovery.deliveries))
+        for job in recovery.deliveries:
+            outbox.resume(job)
 
     top = DaemonService(
         reactor=reactor,

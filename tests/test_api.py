@@ -12,7 +12,7 @@ from twisted.internet.error import ProcessDone
 from twisted.python.failure import Failure
 
 from httprunner.api import JobAPI, Limits, _Follower
-from httprunner.notify import CallbackGuard
+from httprunner.callbacks import CallbackGuard
 from httprunner.policy import Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.store import MemoryJobStore

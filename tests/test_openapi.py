@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 import httprunner
 from httprunner import jobs
 from httprunner.api import JobAPI
+from httprunner.callbacks import CallbackDelivery
 from httprunner.jobs import Job, JobSpec
-from httprunner.notify import CallbackDelivery
 from httprunner.responses import error_body
 
 SPEC_PATH = Path(httprunner.__file__).with_name("openapi.json")

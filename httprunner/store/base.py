@@ -125,8 +125,8 @@ class JobStore(Protocol):
         oldest finished jobs beyond the retention limit.
         """
 
-    def delivery_changed(self, job: Job) -> None:
-        """Record ``job``'s callback delivery record as it is now."""
+    def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
+        """Record a job's callback delivery record (``CallbackDelivery.to_json()``)."""
 
     def forget(self, job: Job) -> None:
         """Remove a job that was admitted and then refused (503)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, deque
 from collections.abc import Iterator
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
@@ -60,8 +61,8 @@ class MemoryJobStore:
             self._jobs.pop(self._finished.popleft(), None)
         return succeed(True)
 
-    def delivery_changed(self, job: Job) -> None:
-        pass
+    def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
+        pass  # the job in memory holds the record itself
 
     def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

@@ -392,9 +392,8 @@ class SQLiteJobStore:
 
         return self._write(job, run, required=False)
 
-    def delivery_changed(self, job: Job) -> None:
-        delivery = job.callback_delivery
-        values = (delivery.state, delivery.attempts, delivery.last_status, delivery.last_error, job.id)
+    def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
+        values = (record["state"], record["attempts"], record["last_status"], record["last_error"], job_id)
 
         def run(c: sqlite3.Connection) -> None:
             c.execute(
@@ -403,7 +402,7 @@ class SQLiteJobStore:
                 values,
             )
 
-        self._write(job, run, required=False)
+        self._write(None, run, required=False)
 
     def forget(self, job: Job) -> None:
         def run(c: sqlite3.Connection) -> None:

@@ -1,4 +1,4 @@
-"""Integration tests for httprunner.notify: real receivers on loopback, the real reactor.
+"""Integration tests for httprunner.callbacks: real receivers on loopback, the real reactor.
 
 Each receiver is a twisted.web Site on port 0; the Notifier uses the real
 reactor, its real name resolver and real TCP connections.
@@ -23,7 +23,7 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.web import resource, server
 from zope.interface import implementer
 
-from httprunner.notify import SHUTDOWN_ERROR, CallbackDelivery, CallbackGuard, Notifier
+from httprunner.callbacks import SHUTDOWN_ERROR, CallbackDelivery, CallbackGuard, Notifier
 
 JOB_ID = "89abcdef0123456789abcdef0123456789abcdef"
 BODY = json.dumps({"id": JOB_ID, "stdout": "héllo ✓\n", "code": 0}, ensure_ascii=False).encode()
@@ -285,3 +285,51 @@ async def test_shutdown_gives_a_hung_delivery_only_the_grace() -> None:
     finally:
         await listening.stop()
     assert delivery.state == "failed" and delivery.last_error == SHUTDOWN_ERROR
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_delivery_left_pending_at_shutdown_resumes_in_a_new_notifier() -> None:
+    # The outbox over real sockets: the first daemon's notifier is stopped
+    # while the receiver hangs; the record, kept as JSON text, is resumed by
+    # a second notifier and delivered on its next attempt number.
+    receiver = Receiver([503, "hang", 200])
+    listening = Listening(receiver)
+    stored: dict[str, str] = {}
+
+    def persist(job_id: str, delivery: CallbackDelivery) -> None:
+        stored[job_id] = json.dumps(delivery.to_json())
+
+    url = f"http://127.0.0.1:{listening.number}/hook"
+    first = Notifier(
+        reactor,
+        guard=CallbackGuard(),
+        secret=None,
+        timeout=30.0,
+        backoff_base=0.01,
+        on_change=persist,
+        abandon_as_pending=True,
+    )
+    second = Notifier(reactor, guard=CallbackGuard(), secret=None, timeout=5.0, on_change=persist)
+    try:
+        done = first.deliver(JOB_ID, url, BODY, _delivery())
+        while len(receiver.requests) < 2:  # the 503, then the attempt that hangs
+            await receiver.arrived
+            receiver.arrived = Deferred()
+        await first.stop(0.2)
+        abandoned = await done
+        assert abandoned.to_json() == {
+            "state": "pending",
+            "attempts": 1,
+            "last_status": 503,
+            "last_error": "HTTP 503 Service Unavailable",
+        }
+        for lost in receiver.lost:  # the hung attempt was dropped, not left open
+            await lost
+        resumed = CallbackDelivery.from_json(json.loads(stored[JOB_ID]))
+        delivery = await second.deliver(JOB_ID, url, BODY, resumed)
+    finally:
+        await second.stop(1.0)
+        await listening.stop()
+    assert delivery.to_json() == {"state": "delivered", "attempts": 2, "last_status": 200, "last_error": None}
+    assert json.loads(stored[JOB_ID]) == delivery.to_json()
+    assert [r["body"] for r in receiver.requests] == [BODY, BODY, BODY]
