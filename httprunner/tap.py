@@ -19,6 +19,7 @@ from typing import Any
 from twisted.application import strports
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
@@ -309,7 +310,18 @@ class DaemonService(MultiService):
         log.info("httprunner {version} listening on {endpoints}", version=__version__, endpoints=self.endpoints)
 
     def stopService(self) -> Any:
-        d = super().stopService()
+        """Stop the children one after the other, last added first.
+
+        (``MultiService`` stops them all at once.)  Each step needs the
+        previous one done: the listeners stop taking requests, the runner
+        ends every job, pending callbacks get their moment, and only then
+        does the store record what is left and close.
+        """
+        Service.stopService(self)
+        d: Deferred[Any] = succeed(None)
+        for child in reversed(list(self)):
+            d.addCallback(lambda _, child=child: child.stopService())
+            d.addErrback(lambda f, child=child: log.failure("stopping {service!r} failed", f, service=child))
 
         def stopped(result: Any) -> Any:
             # twistd re-raises the signal that stopped the reactor so the

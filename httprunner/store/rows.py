@@ -116,7 +116,7 @@ def job_from_row(row: Mapping[str, Any], max_output: int, delivery_factory: Any)
     job.err = None if row["err"] is None else json.loads(row["err"])
     job.pid = row["pid"]
     job.node = row["node"]
-    job.pinned_node = row.get("pinned_node")
+    job.pinned_node = _optional(row, "pinned_node")
     job.created_at = row["created_at"]
     job.started_at = row["started_at"]
     job.finished_at = row["finished_at"]
@@ -125,12 +125,12 @@ def job_from_row(row: Mapping[str, Any], max_output: int, delivery_factory: Any)
     job.cpu_seconds = row["cpu_seconds"]
     job.max_rss_bytes = row["max_rss_bytes"]
     job.launch = None
-    job.lease = row.get("lease")
+    job.lease = _optional(row, "lease")
     job.identity = None if row["proc_start"] is None else (row["proc_start"], row["boot_id"])
     job._json = None
     for name in ("stdout", "stderr"):
-        head = row.get(name + "_head")
-        tail = row.get(name + "_tail")
+        head = _optional(row, name + "_head")
+        tail = _optional(row, name + "_tail")
         total = row[name + "_total"]
         if head is None:
             # No output columns: an empty buffer that still shows how much
@@ -151,3 +151,14 @@ def job_from_row(row: Mapping[str, Any], max_output: int, delivery_factory: Any)
             }
         )
     return job
+
+
+def _optional(row: Mapping[str, Any], column: str) -> Any:
+    """A column some queries (or stores) do not select: None then.
+
+    (``sqlite3.Row`` is no ``dict``: it has no ``get`` and raises
+    IndexError for a missing name.)"""
+    try:
+        return row[column]
+    except (IndexError, KeyError):
+        return None
