@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -27,7 +27,7 @@ from httprunner.admission import Admission, Limits
 from httprunner.jobs import STATES, Job
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.responses import dump_json, json_error, json_response
-from httprunner.runner import ShuttingDown, SpawnUnavailable
+from httprunner.runner import REMOTE_POLL, ShuttingDown, SpawnUnavailable
 from httprunner.store.base import ListQuery, QueueFull, StoreUnavailable, UnknownCursor, UnknownNode
 
 #: the OpenAPI 3.1 description of this API, served as it is in the package
@@ -116,8 +116,8 @@ class JobAPI:
         try:
             job = await self._job(job_id)
             if request.method == b"DELETE":
-                status = 202 if self.runner.cancel(job) else 200
-                return json_response(request, status, job.to_json_bytes())
+                changed, job = await self.runner.cancel_anywhere(job)
+                return json_response(request, 202 if changed else 200, job.to_json_bytes())
             wait = _number_arg(request, b"wait")
         except RequestError as e:
             return json_error(request, e.status, e.message)
@@ -151,7 +151,11 @@ class JobAPI:
         request.setHeader(b"X-Output-Offset", b"%d" % start)
         if not follow:
             return data
-        return await _Follower(request, self.runner, job, fd, start).done
+        if job.finished or self.runner.holds(job):
+            return await _Follower(request, self.runner, job, fd, start).done
+        # Running on another node of the cluster: its output arrives
+        # through the database.
+        return await _RemoteFollower(request, self.store, self.reactor, job.id, fd, start).done
 
     # -- collections and service routes --------------------------------
 
@@ -289,6 +293,99 @@ class _Follower:
 
     def _stop(self) -> None:
         self.unwatch()
+        if self.request.producer is self:
+            self.request.unregisterProducer()
+
+
+log = Logger(namespace="httprunner.api")
+
+
+class _RemoteFollower:
+    """Stream the output of a job that runs on another node, as a pull
+    producer, by polling the store (which the owner updates every 0.5 s)."""
+
+    def __init__(self, request: IRequest, store: Any, reactor: Any, job_id: str, fd: int, offset: int) -> None:
+        self.request = request
+        self.store = store
+        self.reactor = reactor
+        self.job_id = job_id
+        self.fd = fd
+        self.offset = offset
+        self.wanted = False
+        self.pending = b""
+        self.ended = False
+        self.reading: Deferred[Any] | None = None
+        self.timer: Any = None
+        self.stopped = False
+        self.done: Deferred[bytes] = Deferred(lambda _d: self._stop())
+        request.registerProducer(self, False)
+
+    def resumeProducing(self) -> None:
+        self.wanted = True
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self.wanted = False
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+    def _pump(self) -> None:
+        if not self.wanted or self.stopped:
+            return
+        if self.pending:
+            data, self.pending = self.pending[:FOLLOW_CHUNK], self.pending[FOLLOW_CHUNK:]
+            self.wanted = False
+            self.request.write(data)
+        elif self.ended:
+            self._stop()
+            self.done.callback(b"")
+        elif self.reading is None and self.timer is None:
+            self._read()
+
+    def _read(self) -> None:
+        self.timer = None
+        self.reading = self.store.read_output(self.job_id, self.fd, self.offset)
+        self.reading.addCallbacks(self._got, self._failed)
+
+    def _got(self, result: tuple[int, bytes, bool] | None) -> None:
+        self.reading = None
+        if self.stopped:
+            return
+        if result is None:
+            self.ended = True  # evicted meanwhile
+        else:
+            start, data, finished = result
+            if data:
+                self.offset = start + len(data)
+                self.pending += data
+            elif finished:
+                self.ended = True
+            else:
+                self.timer = self.reactor.callLater(REMOTE_POLL, self._tick)
+        self._pump()
+
+    def _failed(self, failure: Failure) -> None:
+        self.reading = None
+        if not failure.check(StoreUnavailable, CancelledError):
+            log.failure("following the output of job {job_id} failed", failure, job_id=self.job_id)
+        if not self.stopped:
+            # The database is away: try again later, the stream stays open.
+            self.timer = self.reactor.callLater(REMOTE_POLL * 4, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.wanted and not self.stopped:
+            self._read()
+
+    def _stop(self) -> None:
+        self.stopped = True
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+        if self.reading is not None:
+            self.reading.cancel()
+            self.reading = None
         if self.request.producer is self:
             self.request.unregisterProducer()
 

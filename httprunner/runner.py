@@ -20,7 +20,7 @@ import signal
 import stat
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import attrs
@@ -32,8 +32,10 @@ from twisted.logger import Logger
 from httprunner import jobs, orphans
 from httprunner.jobs import Job, JobSpec
 from httprunner.process import ExitStatus, JobProcessProtocol, close_on_exec_all, spawn_session
-from httprunner.store.base import JobStore, QueueFull, Recovery, Stored
+from httprunner.store.base import JobStore, QueueFull, Recovery, Stored, UnknownNode
 
+#: how often a long-poll or a follower of a job on another node asks the store
+REMOTE_POLL = 0.5
 #: errors of a momentarily exhausted machine: worth a retry, so 503
 EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
@@ -153,6 +155,16 @@ class JobRunner(Service):
         self._recording: set[Deferred[bool]] = set()
         #: KILLs due to the process groups of jobs lost in a crash
         self._orphan_kills: dict[int, IDelayedCall] = {}
+        #: a cluster store keeps the queue itself (shared by every node)
+        self.shared_queue: bool = getattr(store, "shared_queue", False)
+        #: this daemon's cluster node name (None: not a cluster)
+        self.node_name: str | None = getattr(store, "node_name", None)
+        #: told when a slot frees and the queue is shared (the cluster claims)
+        self.on_free_slot: Callable[[], None] = lambda: None
+        #: the per-command limits seen, to tell a cluster what not to claim
+        self._rule_limits: dict[str, int] = {}
+        #: polls of jobs that run on other nodes (long-poll, follow)
+        self._remote_polls: set[IDelayedCall] = set()
 
     # -- counts -------------------------------------------------------
 
@@ -179,8 +191,14 @@ class JobRunner(Service):
     async def _submit(self, spec: JobSpec) -> Job:
         if not self._accepting:
             raise ShuttingDown()
-        can_start = self._has_slot(spec.rule, spec.rule_limit)
-        if not can_start and len(self._queue) + self._reserved_places >= self.settings.max_queued:
+        if spec.node is not None and not self.shared_queue:
+            raise UnknownNode(spec.node)
+        can_start = self._has_slot(spec.rule, spec.rule_limit) and spec.node in (None, self.node_name)
+        if (
+            not can_start
+            and not self.shared_queue
+            and len(self._queue) + self._reserved_places >= self.settings.max_queued
+        ):
             raise QueueFull()
         job_id = self.make_id()
         spec = attrs.evolve(spec, env={**spec.env, "HTTPRUNNER_JOB_ID": job_id})
@@ -222,6 +240,10 @@ class JobRunner(Service):
                 raise
             if job.finished:
                 self._after_finish(job)
+        elif self.shared_queue:
+            # In the cluster's queue now: whichever node has a slot claims it.
+            del self._active[job.id]
+            job.launch = None
         else:
             self._enqueue(job)
             self._start_queued()
@@ -234,7 +256,47 @@ class JobRunner(Service):
     def _has_slot(self, rule: str, limit: int | None) -> bool:
         if len(self._running) + self._reserved_slots >= self.settings.max_running:
             return False
+        if limit is not None:
+            self._rule_limits[rule] = limit
         return limit is None or self._per_rule.get(rule, 0) < limit
+
+    # -- the cluster's side -------------------------------------------
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.settings.max_running - len(self._running) - self._reserved_slots)
+
+    def blocked_rules(self) -> list[str]:
+        """Commands at their per-command limit here (not to be claimed)."""
+        return [rule for rule, limit in self._rule_limits.items() if self._per_rule.get(rule, 0) >= limit]
+
+    def running_leases(self) -> dict[str, str | None]:
+        """This node's running jobs and the leases it holds on them."""
+        return {job_id: running.job.lease for job_id, running in self._running.items()}
+
+    def run_claimed(self, job: Job, spec: JobSpec) -> None:
+        """Start a job this node claimed from the cluster's queue."""
+        job.launch = spec
+        if not self._accepting or not self._has_slot(spec.rule, spec.rule_limit):
+            job.launch = None
+            self.store.release(job)
+            return
+        self._active[job.id] = job
+        self._start(job)
+        if job.finished:
+            self._after_finish(job)
+
+    def refuse_claimed(self, job: Job, message: str) -> None:
+        """A claimed job this node's policy does not allow: it cannot run here."""
+        self._active[job.id] = job
+        self._spawn_failed(job, "FORBIDDEN", "node %s may not run it: %s" % (self.node_name, message))
+        self._after_finish(job)
+
+    def abandon(self, job_id: str) -> None:
+        """Stop a job this node no longer owns (declared lost meanwhile)."""
+        running = self._running.get(job_id)
+        if running is not None:
+            self._terminate(running, "LOST", "declared lost while it ran on node %s" % self.node_name)
 
     # -- finding ------------------------------------------------------
 
@@ -244,6 +306,14 @@ class JobRunner(Service):
         if job is not None:
             return succeed(job)
         return self.store.get(job_id)
+
+    def local_job(self, job_id: str) -> Job | None:
+        """The job with this id if this daemon has it in hand."""
+        return self._active.get(job_id)
+
+    def holds(self, job: Job) -> bool:
+        """True for a job this daemon has in hand (queued or running here)."""
+        return self._active.get(job.id) is job
 
     # -- recovery -----------------------------------------------------
 
@@ -257,14 +327,7 @@ class JobRunner(Service):
         their original order; one the policy no longer allows ends
         ``spawn_failed``.
         """
-        for job in recovery.lost:
-            if job.pid is not None and orphans.same_process(job.pid, job.identity):
-                self.log.warn(
-                    "job {job_id} was lost when the daemon stopped: ending its process group {pid}",
-                    job_id=job.id,
-                    pid=job.pid,
-                )
-                self._end_orphan(job.pid)
+        self.end_orphans(recovery.lost)
         for stored in recovery.queued:
             job = stored.job
             try:
@@ -279,6 +342,18 @@ class JobRunner(Service):
             self._queue.append(job)
         if recovery.queued:
             self.log.info("{count} queued jobs kept across the restart", count=len(self._queue))
+
+    def end_orphans(self, lost: Iterable[Job]) -> None:
+        """End the process groups of lost jobs that still run on this
+        machine (provably the same processes: pid, start time, boot id)."""
+        for job in lost:
+            if job.pid is not None and job.id not in self._running and orphans.same_process(job.pid, job.identity):
+                self.log.warn(
+                    "job {job_id} was lost: ending its process group {pid}",
+                    job_id=job.id,
+                    pid=job.pid,
+                )
+                self._end_orphan(job.pid)
 
     def _end_orphan(self, pgid: int) -> None:
         grace = self.settings.kill_grace
@@ -329,6 +404,7 @@ class JobRunner(Service):
         spawn_seconds = self.monotonic() - started
         job.state = jobs.RUNNING
         job.pid = protocol.pid
+        job.node = self.node_name
         job.started_at = self.walltime()
         if self.store.durable and job.pid is not None:
             job.identity = orphans.identity(job.pid)
@@ -422,7 +498,9 @@ class JobRunner(Service):
         job.max_rss_bytes = getattr(running.protocol, "max_rss_bytes", None)
         if running.kill_reason is not None:
             reason, message = running.kill_reason
-            job.state = {"TIMEOUT": jobs.TIMED_OUT, "OUTPUT_LIMIT": jobs.FAILED}.get(reason, jobs.CANCELED)
+            job.state = {"TIMEOUT": jobs.TIMED_OUT, "OUTPUT_LIMIT": jobs.FAILED, "LOST": jobs.LOST}.get(
+                reason, jobs.CANCELED
+            )
             job.err = {"code": reason, "message": message}
         elif signum is not None:
             job.state = jobs.FAILED
@@ -464,8 +542,9 @@ class JobRunner(Service):
             for d in waiting:
                 d.callback(None)
 
-    def _recorded(self, won: Any, job: Job, recorded: Deferred[bool]) -> None:
-        self._recording.discard(recorded)
+    def _recorded(self, won: Any, job: Job, recorded: Deferred[bool] | None) -> None:
+        if recorded is not None:
+            self._recording.discard(recorded)
         if won is True:
             for observer in self.observers:
                 observer.job_recorded(job)
@@ -477,6 +556,10 @@ class JobRunner(Service):
 
     def _start_queued(self) -> None:
         if not self._accepting:
+            return
+        if self.shared_queue:
+            if self.free_slots:
+                self.on_free_slot()
             return
         for job in list(self._queue):
             if len(self._running) + self._reserved_slots >= self.settings.max_running:
@@ -503,6 +586,27 @@ class JobRunner(Service):
         self._terminate(running, "CANCELED", "canceled by request")
         return True
 
+    def cancel_anywhere(self, job: Job) -> Deferred[tuple[bool, Job]]:
+        """Cancel ``job`` wherever it is: ``(True, job as now)`` when this
+        call canceled it (or asked its node to), ``(False, job)`` when it
+        had already finished."""
+        if job.finished:
+            return succeed((False, job))
+        local = self._active.get(job.id)
+        if local is not None:
+            return succeed((self.cancel(local), local))
+        if not self.shared_queue:
+            return succeed((False, job))
+
+        def canceled(ended: Job | None) -> tuple[bool, Job]:
+            if ended is None:
+                return True, job
+            # Canceled in the queue by this node: it records and calls back.
+            self._recorded(True, ended, None)
+            return True, ended
+
+        return self.store.request_cancel(job.id).addCallback(canceled)
+
     def _end_unstarted(self, job: Job, reason: str, message: str) -> None:
         job.state = jobs.CANCELED
         job.code = 128 + signal.SIGTERM
@@ -515,6 +619,8 @@ class JobRunner(Service):
         """A new Deferred that fires with ``job`` when it reaches its end."""
         if job.finished:
             return succeed(job)
+        if self._active.get(job.id) is not job and self.shared_queue:
+            return self._remote_finish(job)
         waiters = self._waiters.setdefault(job.id, [])
 
         def forget(d: Deferred[Job]) -> None:
@@ -524,6 +630,53 @@ class JobRunner(Service):
         d: Deferred[Job] = Deferred(forget)
         waiters.append(d)
         return d
+
+    def _remote_finish(self, job: Job) -> Deferred[Job]:
+        """Poll the store for the end of a job another node runs."""
+        pending: list[Any] = []
+
+        def stop(d: Deferred[Job]) -> None:
+            for item in pending:
+                if isinstance(item, Deferred):
+                    item.cancel()
+                elif item.active():
+                    item.cancel()
+                    self._remote_polls.discard(item)
+
+        done: Deferred[Job] = Deferred(stop)
+
+        def check() -> None:
+            pending.clear()
+            if done.called:
+                return
+            d = self.store.get(job.id)
+            pending.append(d)
+            d.addCallbacks(got, lambda f: again())
+
+        def got(found: Job | None) -> None:
+            pending.clear()
+            if done.called:
+                return
+            if found is None or found.finished:
+                done.callback(found or job)
+            else:
+                again()
+
+        def again() -> None:
+            pending.clear()
+            if done.called:
+                return
+            call = self.reactor.callLater(REMOTE_POLL, fire)
+            self._remote_polls.add(call)
+            pending.append(call)
+
+        def fire() -> None:
+            for item in pending:
+                self._remote_polls.discard(item)
+            check()
+
+        again()
+        return done
 
     def watch_output(self, job: Job, watcher: Callable[[int], None]) -> Callable[[], None]:
         """Call ``watcher(fd)`` on each chunk of output, ``watcher(0)`` at the end.
@@ -567,6 +720,10 @@ class JobRunner(Service):
         for pgid, call in list(self._orphan_kills.items()):
             call.cancel()
             self._kill_orphan(pgid)
+        for call in list(self._remote_polls):
+            if call.active():
+                call.cancel()
+        self._remote_polls.clear()
         if self._running:
             self.log.info("shutting down: stopping {count} running jobs", count=len(self._running))
             for running in list(self._running.values()):

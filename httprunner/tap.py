@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from twisted.python import usage
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
 from httprunner.callbacks import CallbackDelivery, CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
+from httprunner.cluster import ClusterNode
 from httprunner.guard import ConfigError as GuardConfigError
 from httprunner.guard import (
     GuardedResource,
@@ -42,10 +44,12 @@ from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
 from httprunner.site import make_site
 from httprunner.store import JobStore, MemoryJobStore, StoreError
+from httprunner.store.postgres import SCHEMA_NAME, PostgresJobStore
 from httprunner.store.sqlite import SQLiteJobStore
 
 log = Logger(namespace="httprunner")
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: how often finished jobs older than --max-age are evicted (seconds)
 PRUNE_INTERVAL = 60.0
 
@@ -128,6 +132,9 @@ class Options(usage.Options):
         ["store", None, "memory", "Where jobs are kept: memory, sqlite:PATH, or postgresql://... (a cluster)."],
         ["max-jobs", "n", None, "Finished jobs kept (oldest evicted first); default 100, 10000 for a durable store."],
         ["max-age", None, "0", "Evict finished jobs older than this (30m, 12h, 7d; 0: no age limit)."],
+        ["node", None, None, "Cluster: this node's name, unique among live nodes (default: the host name)."],
+        ["heartbeat", None, None, "Cluster: seconds between heartbeats (default 5); 3 missed: declared dead."],
+        ["store-schema", None, None, "Cluster: the PostgreSQL schema of the tables (default httprunner)."],
         ["max-running", None, "32", "Jobs running at once."],
         ["max-queued", None, "1000", "Jobs waiting for a slot (0: no queue); beyond it 503."],
         ["timeout", None, "0", "Default job timeout in seconds (0: none)."],
@@ -193,6 +200,23 @@ class Options(usage.Options):
         self["store_kind"], self["store_target"] = parse_store(self["store"])
         default_jobs = "100" if self["store_kind"] == "memory" else "10000"
         self["max_jobs"] = _number("max-jobs", self["max-jobs"] or default_jobs, kind=int, minimum=1)
+        cluster = {"node": self["node"], "heartbeat": self["heartbeat"], "store-schema": self["store-schema"]}
+        if self["store_kind"] != "postgresql":
+            given = [name for name, value in cluster.items() if value is not None]
+            if given:
+                raise usage.UsageError("--%s applies only to a cluster (--store postgresql://...)" % given[0])
+        self["node_name"] = self["node"] or socket.gethostname()
+        if not NODE_NAME.fullmatch(self["node_name"]):
+            raise usage.UsageError(
+                "--node %r: use letters, digits, '.', '_' and '-' (at most 63 characters)" % self["node_name"]
+            )
+        self["heartbeat_s"] = _number("heartbeat", self["heartbeat"] or "5", minimum=0.1, maximum=3600)
+        self["schema"] = self["store-schema"] or "httprunner"
+        if not SCHEMA_NAME.fullmatch(self["schema"]):
+            raise usage.UsageError(
+                "--store-schema %r: use lowercase letters, digits and '_', starting with a letter or '_'"
+                % self["schema"]
+            )
         try:
             self["max_age"] = parse_duration(self["max-age"])
         except ValueError:
@@ -380,6 +404,20 @@ class _Shutdown(Service):
 def make_store(options: Options, reactor: Any) -> JobStore:
     """The store ``--store`` names, not opened yet."""
     kind = options["store_kind"]
+    if kind == "postgresql":
+        return PostgresJobStore(
+            options["store_target"],
+            reactor=reactor,
+            node=options["node_name"],
+            schema=options["schema"],
+            heartbeat=options["heartbeat_s"],
+            max_finished=options["max_jobs"],
+            max_queued=options["max_queued"],
+            max_running=options["max_running"],
+            max_output=options["max_output"],
+            delivery_factory=CallbackDelivery.from_json,
+            version=__version__,
+        )
     if kind == "sqlite":
         return SQLiteJobStore(
             options["store_target"],
@@ -479,7 +517,18 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     # accepting), then the runner (end the jobs), then pending callbacks,
     # then the store (record what is left, close).
     _StoreService(store).setServiceParent(top)
-    if options["max_age"]:
+    if isinstance(store, PostgresJobStore):
+        # The cluster prunes its shared history itself, one node at a time.
+        ClusterNode(
+            store=store,
+            runner=runner,
+            resolve=api.admission.respec,
+            commands=policy.command_names,
+            outbox=outbox,
+            reactor=reactor,
+            max_age=options["max_age"],
+        ).setServiceParent(top)
+    elif options["max_age"]:
         retention = TimerService(PRUNE_INTERVAL, _prune, store, options["max_age"])
         retention.clock = reactor
         retention.setServiceParent(top)
