@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -516,7 +516,14 @@ class _CountedConnection(ProtocolWrapper):
     peer = "-"
 
 
-class ConnectionLimiter(WrappingFactory[_CountedConnection]):
+if TYPE_CHECKING:
+    _CountingFactory = WrappingFactory[_CountedConnection]
+else:
+    # WrappingFactory is generic only in newer Twisted (24.7 cannot subscript it)
+    _CountingFactory = WrappingFactory
+
+
+class ConnectionLimiter(_CountingFactory):
     """Limit simultaneous connections in total and per peer IP address.
 
     A connection over either limit gets a minimal ``503`` JSON answer with
