@@ -14,12 +14,18 @@ setup(
     # __init__.py in twisted/ or twisted/plugins/ (it would shadow Twisted).
     packages=["httprunner", "httprunner.callbacks", "httprunner.store", "twisted.plugins"],
     package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
+    # Lower bounds: the oldest releases the whole suite passes with.  Upper
+    # bounds: Twisted, klein and treq are calendar-versioned and remove
+    # deprecated APIs after a year, so they stop before the next year's
+    # releases; prometheus-client and idna before their next major version.
+    # README.rst, "Decisions beyond the design", says why; constraints.txt
+    # pins what CI last passed with.
     install_requires=[
-        "Twisted[tls]>=24.7",
-        "idna>=3",
-        "klein>=23.12",
-        "treq>=23.11",
-        "prometheus-client>=0.20",
+        "Twisted[tls]>=26.10,<27",
+        "idna>=3,<4",
+        "klein>=23.12,<25",
+        "treq>=23.11,<27",
+        "prometheus-client>=0.23.1,<1",
     ],
     extras_require={
         "test": [
@@ -27,6 +33,12 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "schemathesis>=4.30",
+        ],
+        # The code health checks .ci/run runs before the tests.
+        "dev": [
+            "ruff>=0.17",
+            "mypy>=2.4",
+            "mypy-zope>=1.0.17",
         ],
     },
     entry_points={

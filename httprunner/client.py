@@ -19,6 +19,7 @@ script can tell "the job failed" from "the client could not do its work".
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import os
@@ -31,7 +32,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, BinaryIO, NamedTuple, NoReturn
+from typing import Any, BinaryIO, NamedTuple, NoReturn, TypeVar
 
 from httprunner import __version__
 
@@ -597,7 +598,10 @@ class Context(NamedTuple):
     stdout_tty: bool
 
 
-def _retrying(call: Callable[[], Any], budget: float | None = None) -> Any:
+_T = TypeVar("_T")
+
+
+def _retrying(call: Callable[[], _T], budget: float | None = None) -> _T:
     """Call, retrying connection failures for ``budget`` seconds."""
     budget = RECONNECT_FOR if budget is None else budget
     started = time.monotonic()
@@ -629,7 +633,7 @@ def wait_for_code(
         wait = poll
         if deadline is not None:
             wait = max(0.0, min(wait, deadline - time.monotonic()))
-        job = _retrying(lambda wait=wait: ctx.server.job(job_id, wait=wait))
+        job = _retrying(functools.partial(ctx.server.job, job_id, wait=wait))
         code = job_code(job)
         if code is not None:
             ctx.console.clear()

@@ -588,9 +588,13 @@ class GuardedResource(Resource):
         refusal = self._refuse(request)
         if refusal is not None:
             return refusal
+        # IResource.render is unannotated; its contract is bytes or NOT_DONE_YET.
+        answer: bytes | int
         if self._wrapped.isLeaf:
-            return self._wrapped.render(request)
-        return getChildForRequest(self._wrapped, request).render(request)
+            answer = self._wrapped.render(request)
+        else:
+            answer = getChildForRequest(self._wrapped, request).render(request)
+        return answer
 
     def _refused(
         self,

@@ -22,8 +22,10 @@ class OutputBuffer:
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
-        self._head = bytearray()
-        self._tail = bytearray()
+        # bytearray while the stream grows; bytes once compact() froze it
+        # (or a store restored it): no more appends come then.
+        self._head: bytearray | bytes = bytearray()
+        self._tail: bytearray | bytes = bytearray()
         #: every byte the job wrote to this stream
         self.total = 0
 
@@ -31,8 +33,8 @@ class OutputBuffer:
     def restore(cls, cap: int, head: bytes, tail: bytes, total: int) -> OutputBuffer:
         """A buffer as a store kept it (see :meth:`parts`)."""
         buffer = cls(cap)
-        buffer._head = head  # type: ignore[assignment]
-        buffer._tail = tail  # type: ignore[assignment]
+        buffer._head = head
+        buffer._tail = tail
         buffer.total = total
         return buffer
 
@@ -73,6 +75,7 @@ class OutputBuffer:
         if excess > 0:
             # Deleting from the front of a bytearray is amortised O(1) in
             # CPython: it moves a start offset instead of the data.
+            assert isinstance(self._tail, bytearray), "append after compact()"
             del self._tail[:excess]
 
     def compact(self) -> None:
@@ -81,8 +84,8 @@ class OutputBuffer:
         Thousands of finished jobs are retained: immutable ``bytes`` carry
         no spare capacity, and empty ones are a shared singleton.
         """
-        self._head = bytes(self._head)  # type: ignore[assignment]
-        self._tail = bytes(self._tail)  # type: ignore[assignment]
+        self._head = bytes(self._head)
+        self._tail = bytes(self._tail)
 
     def read(self, offset: int) -> tuple[int, bytes]:
         """Return ``(start, data)``: retained bytes from ``offset`` on.

@@ -13,11 +13,11 @@ import errno
 import fcntl
 import os
 import signal
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorFDSet, IReactorTime
 from twisted.internet.process import Process
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
@@ -54,7 +54,18 @@ class SessionProcess(Process):
     integration tests check on both paths that a job leads its session.
     """
 
-    def _trySpawnInsteadOfFork(self, path, uid, gid, executable, args, environment, kwargs):  # type: ignore[no-untyped-def]
+    # Twisted leaves these private methods unannotated; the types are what
+    # Process._fork passes (tests/test_private_api.py checks the signatures).
+    def _trySpawnInsteadOfFork(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: list[str],
+        environment: Mapping[str, str],
+        kwargs: dict[str, Any],
+    ) -> bool:
         fdmap: dict[int, int] = kwargs["fdmap"]
         if (
             uid is not None
@@ -76,13 +87,26 @@ class SessionProcess(Process):
         self.status = -1
         return True
 
-    def _execChild(self, path, uid, gid, executable, args, environment):  # type: ignore[no-untyped-def]
+    def _execChild(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: list[str],
+        environment: Mapping[str, str],
+    ) -> None:
         os.setsid()
         super()._execChild(path, uid, gid, executable, args, environment)
 
 
 def spawn_session(
-    reactor: Any, protocol: ProcessProtocol, executable: str, args: list[str], env: dict[str, str], path: str | None
+    reactor: IReactorFDSet,
+    protocol: ProcessProtocol,
+    executable: str,
+    args: list[str],
+    env: dict[str, str],
+    path: str | None,
 ) -> IProcessTransport:
     """Spawn ``executable`` as the leader of a new session (see SessionProcess)."""
     return SessionProcess(reactor, executable, args, env, path, protocol)
@@ -127,6 +151,32 @@ class ProcessEvents(Protocol):
     def process_ended(self, job: Job, status: ExitStatus) -> None: ...
 
 
+class ProcessPipe(Protocol):
+    """The part of Twisted's ``ProcessReader`` the throttled drain uses."""
+
+    def fileno(self) -> int: ...
+
+    def startReading(self) -> None: ...
+
+    def stopReading(self) -> None: ...
+
+
+class PipedProcessTransport(Protocol):
+    """A process transport with Twisted's ``Process.pipes`` (child fd ->
+    reader/writer): public in ``Process`` but not part of ``IProcessTransport``."""
+
+    @property
+    def pipes(self) -> Mapping[int, ProcessPipe]: ...
+
+
+def _exit_status(reason: Failure) -> ExitStatus:
+    """The status inside a process's exit ``reason`` (always one of the
+    two, even for exit 0)."""
+    status = reason.value
+    assert isinstance(status, ProcessDone | ProcessTerminated), reason
+    return status
+
+
 class JobProcessProtocol(ProcessProtocol):
     """Collect one job's output and exit status.
 
@@ -165,12 +215,13 @@ class JobProcessProtocol(ProcessProtocol):
 
     def connectionMade(self) -> None:
         # transport.pid is already None in processExited: keep it now.
-        self.pid = self.transport.pid
+        transport = self._process()
+        self.pid = transport.pid
         launch = self.job.launch
         if launch is not None and launch.stdin:
-            self.transport.write(launch.stdin)
+            transport.write(launch.stdin)
         # A job that reads stdin sees EOF instead of hanging.
-        self.transport.closeStdin()
+        transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
         if self._collect(childFD, data) and self._exit_status is None:
@@ -192,7 +243,7 @@ class JobProcessProtocol(ProcessProtocol):
         return False
 
     def processExited(self, reason: Failure) -> None:
-        self._exit_status = reason.value
+        self._exit_status = _exit_status(reason)
         self._resume_all()
         if self.drain_timeout <= 0:
             self._close_pipes()
@@ -202,7 +253,7 @@ class JobProcessProtocol(ProcessProtocol):
     def processEnded(self, reason: Failure) -> None:
         # reason is a Failure even for exit 0; pass its value on.
         if self._exit_status is None:
-            self._exit_status = reason.value
+            self._exit_status = _exit_status(reason)
         self._end()
 
     # -- the runner's side ----------------------------------------------
@@ -226,6 +277,14 @@ class JobProcessProtocol(ProcessProtocol):
 
     # -- internals ------------------------------------------------------
 
+    def _process(self) -> IProcessTransport:
+        # Twisted sets the transport before connectionMade and never clears it.
+        assert self.transport is not None
+        return self.transport
+
+    def _pipe(self, fd: int) -> ProcessPipe | None:
+        return cast(PipedProcessTransport, self._process()).pipes.get(fd)
+
     def _throttle(self, fd: int) -> None:
         """Past the cap, drain the pipe at a bounded duty cycle.
 
@@ -238,7 +297,7 @@ class JobProcessProtocol(ProcessProtocol):
         """
         if fd in self._throttled:
             return
-        pipe = self.transport.pipes.get(fd)
+        pipe = self._pipe(fd)
         if pipe is None:
             return
         pipe.stopReading()
@@ -251,7 +310,7 @@ class JobProcessProtocol(ProcessProtocol):
 
     def _drain_tick(self, fd: int) -> None:
         del self._throttled[fd]
-        pipe = self.transport.pipes.get(fd)
+        pipe = self._pipe(fd)
         if pipe is None:
             return
         try:
@@ -274,7 +333,7 @@ class JobProcessProtocol(ProcessProtocol):
         for fd, call in list(self._throttled.items()):
             call.cancel()
             del self._throttled[fd]
-            pipe = self.transport.pipes.get(fd)
+            pipe = self._pipe(fd)
             if pipe is not None:
                 pipe.startReading()
 
@@ -286,7 +345,7 @@ class JobProcessProtocol(ProcessProtocol):
         job with nothing left open.
         """
         self._drain = None
-        self.transport.loseConnection()
+        self._process().loseConnection()
 
     def _end(self) -> None:
         if self._drain is not None:

@@ -27,18 +27,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from twisted.internet import protocol
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.interfaces import (
     IAddress,
+    IConsumer,
     IDelayedCall,
     INegotiated,
     IProtocol,
     IProtocolFactory,
     IReactorTime,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -147,6 +149,21 @@ def _early_response(status: int, body: bytes, extra_headers: bytes = b"") -> byt
     )
 
 
+class _StreamTransport(Protocol):
+    """What the channel uses of its transport (TCP, TLS or UNIX): more than
+    ``ITransport`` declares (``disconnecting`` is in no interface)."""
+
+    disconnecting: bool
+
+    def write(self, data: bytes) -> None: ...
+
+    def loseConnection(self) -> None: ...
+
+    def abortConnection(self) -> None: ...
+
+    def getPeer(self) -> IAddress: ...
+
+
 class HttpRunnerRequest(server.Request):
     """A request that never parses its body as a form and caps its size.
 
@@ -158,6 +175,11 @@ class HttpRunnerRequest(server.Request):
     """
 
     log = Logger()
+    # Narrowed to our classes.  twisted.web sets channel to None when the
+    # connection is lost (its annotation does not say so); site is None
+    # until process() sets it.
+    channel: HttpRunnerChannel
+    site: HttpRunnerSite | None
 
     def __init__(self, channel: HttpRunnerChannel, *args: Any, **kwargs: Any) -> None:
         # Form parsing would copy a form-typed body (curl -d sends one) into
@@ -189,6 +211,7 @@ class HttpRunnerRequest(server.Request):
         if self.body_bytes > limit:
             channel.refuse(413, f"request body is over the {limit}-byte limit")
             return
+        assert self.content is not None  # gotLength made it
         self.content.write(data)
 
     def write(self, data: bytes) -> None:
@@ -202,16 +225,17 @@ class HttpRunnerRequest(server.Request):
     def connectionLost(self, reason: Failure) -> None:
         # twisted.web logs only finished requests; a request handed to the
         # resource (process() sets .site) whose client left gets an event too.
-        abandoned = self.site is not None and not self.finished
+        site = self.site
+        abandoned = site is not None and not self.finished
         channel = self.channel
         super().connectionLost(reason)
-        if abandoned:
-            self.site.log_access(
+        if site is not None and abandoned:
+            site.log_access(
                 method=self.method.decode("latin-1"),
                 path=(self.path or b"").decode("latin-1"),
                 status=self.code,
                 length=self.sentLength,
-                duration=self.site.monotonic() - self.started,
+                duration=site.monotonic() - self.started,
                 peer=getattr(channel, "peer_text", "-"),
                 completed=False,
             )
@@ -258,7 +282,7 @@ class HttpRunnerChannel(http.HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.peer_text = format_peer(self.transport.getPeer())
+        self.peer_text = format_peer(self._stream().getPeer())
 
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
@@ -286,13 +310,16 @@ class HttpRunnerChannel(http.HTTPChannel):
         self._cancel_deadline()
         super().allContentReceived()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_deadline()
         if self._linger_call is not None:
             if self._linger_call.active():
                 self._linger_call.cancel()
             self._linger_call = None
         super().connectionLost(reason)
+
+    def _stream(self) -> _StreamTransport:
+        return cast(_StreamTransport, self.transport)
 
     def _cancel_deadline(self) -> None:
         if self._deadline_call is not None:
@@ -302,10 +329,11 @@ class HttpRunnerChannel(http.HTTPChannel):
 
     def _deadline_passed(self) -> None:
         self._deadline_call = None
-        if self.transport.disconnecting:
+        transport = self._stream()
+        if transport.disconnecting:
             # twisted.web already answered (a 400) and is closing; the peer
             # has not let the connection go within the deadline: drop it.
-            self.transport.abortConnection()
+            transport.abortConnection()
             return
         timeout = self.site.request_timeout
         # callLater runs on the wall clock (reactor.seconds()); a clock step
@@ -325,18 +353,20 @@ class HttpRunnerChannel(http.HTTPChannel):
         side is then shut down and input is discarded for at most
         ``LINGER_SECONDS`` before the connection is aborted.
         """
-        if self.refused or self.transport.disconnecting:
+        transport = self._stream()
+        if self.refused or transport.disconnecting:
             return
         self.refused = True
         self._cancel_deadline()
         self.setTimeout(None)  # the linger timer below bounds the rest
         self.clearLineBuffer()  # a partial line received before the refusal
         body = error_body(status, error)
-        self.transport.write(_early_response(status, body))
+        transport.write(_early_response(status, body))
         self._log_refusal(status, len(body))
 
-        self._networkProducer.unregisterProducer()
-        transport = self.transport
+        # twisted.web's producer slot: the transport (an IConsumer) or its
+        # _NoPushProducer stand-in, which has the same unregisterProducer.
+        cast(IConsumer, self._networkProducer).unregisterProducer()
         if INegotiated.providedBy(transport) or not hasattr(transport, "loseWriteConnection"):
             # TLS has no half-close of its own (shutting down TCP under it
             # would skip close_notify); close the ordinary way.
@@ -347,7 +377,7 @@ class HttpRunnerChannel(http.HTTPChannel):
 
     def _linger_expired(self) -> None:
         self._linger_call = None
-        self.transport.abortConnection()
+        self._stream().abortConnection()
 
     def _log_refusal(self, status: int, length: int) -> None:
         # The request line may not have arrived (a 408 during the headers);
@@ -470,10 +500,11 @@ class HttpRunnerSite(server.Site):
 _OVER_LIMIT_RESPONSE_STATUS = 503
 
 
-class _RefusedConnection(Protocol):
+class _RefusedConnection(protocol.Protocol):
     """Tell a connection over a limit so in one small response, and close."""
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # makeConnection set it
         body = error_body(_OVER_LIMIT_RESPONSE_STATUS, "too many connections")
         self.transport.write(_early_response(_OVER_LIMIT_RESPONSE_STATUS, body, b"Retry-After: 1\r\n"))
         self.transport.loseConnection()
@@ -485,7 +516,14 @@ class _CountedConnection(ProtocolWrapper):
     peer = "-"
 
 
-class ConnectionLimiter(WrappingFactory):
+if TYPE_CHECKING:
+    _CountingFactory = WrappingFactory[_CountedConnection]
+else:
+    # WrappingFactory is generic only in newer Twisted (24.7 cannot subscript it)
+    _CountingFactory = WrappingFactory
+
+
+class ConnectionLimiter(_CountingFactory):
     """Limit simultaneous connections in total and per peer IP address.
 
     A connection over either limit gets a minimal ``503`` JSON answer with

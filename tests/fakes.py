@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
@@ -53,7 +54,7 @@ class FakeProcessTransport:
     def write(self, data: bytes) -> None:
         self.written.append(data)
 
-    def writeSequence(self, data: list[bytes]) -> None:
+    def writeSequence(self, data: Iterable[bytes]) -> None:
         self.written.extend(data)
 
     def closeStdin(self) -> None:
@@ -96,7 +97,7 @@ class FakeProcessReactor(MemoryReactorClock):
 
     def spawnProcess(
         self, processProtocol, executable, args=(), env=None, path=None, uid=None, gid=None, usePTY=0, childFDs=None
-    ):  # type: ignore[no-untyped-def]
+    ):
         if self.spawn_error is not None:
             raise self.spawn_error
         self.next_pid += 1

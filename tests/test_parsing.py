@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -97,7 +98,7 @@ json_values = st.recursive(
 @given(
     st.dictionaries(st.sampled_from(["command", "args", "callback", "timeout", "stdin", "env", "other"]), json_values)
 )
-def test_any_json_object_parses_or_raises_request_error(document: dict) -> None:
+def test_any_json_object_parses_or_raises_request_error(document: dict[str, Any]) -> None:
     try:
         req = parse_job_request(json.dumps(document).encode())
     except RequestError as e:

@@ -6,6 +6,7 @@ import os
 import re
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -246,7 +247,8 @@ def test_bad_request_env_is_400(environ, env):
 )
 def test_bad_env_option_is_config_error(environ, option, name, problem):
     with pytest.raises(ConfigError, match=re.escape(problem)) as info:
-        build(environ=environ, **{option: [name]})
+        options: dict[str, Any] = {option: [name]}
+        build(environ=environ, **options)
     assert ("--pass-env" if option == "pass_env" else "--allow-env") in str(info.value)
 
 

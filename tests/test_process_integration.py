@@ -226,6 +226,7 @@ def test_each_job_leads_its_own_session_on_both_spawn_paths(runner: JobRunner, c
     job = newest(runner)
     while not ready.exists():
         yield sleep(0.02)
+    assert job.pid is not None
     assert session_and_group(job.pid) == (job.pid, job.pid)
     assert session_and_group(job.pid)[1] != os.getsid(0)
     runner.cancel(job)
