@@ -26,6 +26,11 @@ setup(
         "klein>=23.12,<25",
         "treq>=23.11,<27",
         "prometheus-client>=0.23.1,<1",
+        # the cluster store (--store postgresql://): psycopg 3 with its own libpq
+        "psycopg[binary]>=3.2,<4",
+        "attrs>=23.1",
+        "werkzeug>=2",
+        "zope.interface>=6",
     ],
     extras_require={
         "test": [

@@ -44,7 +44,7 @@ class Admission:
     def spec(self, req: JobRequest) -> JobSpec:
         """Check the callback, ask the policy, settle the timeout and sizes."""
         try:
-            callback = check_callback_url(req.callback, self.callback_guard)
+            callback = check_callback_url(req.callback, self.callback_guard or CallbackGuard())
         except CallbackURLError as e:
             raise RequestError("callback: %s" % e) from None
         try:

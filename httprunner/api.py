@@ -24,6 +24,8 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from httprunner import __version__
 from httprunner.admission import Admission, Limits
+
+__all__ = ["JobAPI", "Limits"]
 from httprunner.jobs import STATES, Job
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.responses import dump_json, json_error, json_response
@@ -95,7 +97,7 @@ class JobAPI:
     # -- one job ------------------------------------------------------
 
     async def _job(self, job_id: str) -> Job:
-        job = await self.runner.find(job_id) if JOB_ID.fullmatch(job_id) else None
+        job: Job | None = await self.runner.find(job_id) if JOB_ID.fullmatch(job_id) else None
         if job is None:
             raise RequestError("no job with id %r (unknown, or evicted: see --max-jobs)" % job_id[:80], 404)
         return job
@@ -212,6 +214,7 @@ class JobAPI:
     def metrics_text(self, request: IRequest) -> bytes:
         if self.metrics is None:
             return json_error(request, 404, "metrics are not enabled")
+        body: bytes
         body, content_type = self.metrics.render()
         request.setHeader(b"Content-Type", content_type)
         return body
@@ -262,7 +265,7 @@ class _Follower:
         self.wanted = False
         self.done: Deferred[bytes] = Deferred(lambda _d: self._stop())
         self.unwatch = runner.watch_output(job, self._output)
-        request.registerProducer(self, False)
+        request.registerProducer(self, False)  # type: ignore[attr-defined]
 
     def _output(self, fd: int) -> None:
         if fd in (self.fd, 0):
@@ -293,7 +296,7 @@ class _Follower:
 
     def _stop(self) -> None:
         self.unwatch()
-        if self.request.producer is self:
+        if self.request.producer is self:  # type: ignore[attr-defined]
             self.request.unregisterProducer()
 
 
@@ -318,7 +321,7 @@ class _RemoteFollower:
         self.timer: Any = None
         self.stopped = False
         self.done: Deferred[bytes] = Deferred(lambda _d: self._stop())
-        request.registerProducer(self, False)
+        request.registerProducer(self, False)  # type: ignore[attr-defined]
 
     def resumeProducing(self) -> None:
         self.wanted = True
@@ -386,12 +389,12 @@ class _RemoteFollower:
         if self.reading is not None:
             self.reading.cancel()
             self.reading = None
-        if self.request.producer is self:
+        if self.request.producer is self:  # type: ignore[attr-defined]
             self.request.unregisterProducer()
 
 
 def _arg(request: IRequest, name: bytes) -> str | None:
-    values = request.args.get(name)
+    values: list[bytes] | None = request.args.get(name)
     if not values:
         return None
     return values[-1].decode("utf-8", "replace")

@@ -80,7 +80,7 @@ class ClusterNode(Service):
         self._polling = False
         self._syncing: set[str] = set()
         #: (stdout total, stderr total) last written per running job
-        self._synced: dict[str, tuple[int, int]] = {}
+        self._synced: dict[str, tuple[int, int, int, int]] = {}
         self._connected_since: float | None = None
         self._last_prune = 0.0
         #: the shared queue's length at the last poll (for /healthz)
@@ -262,7 +262,7 @@ class ClusterNode(Service):
                 continue
             previous = self._synced.get(job_id, (0, 0, 0, 0))
             parts: dict[str, bytes | int] = {}
-            now = []
+            now: list[int] = []
             for i, (name, buffer) in enumerate((("stdout", job.stdout), ("stderr", job.stderr))):
                 head, tail, total = buffer.parts()
                 now.extend((total, len(head)))

@@ -441,7 +441,7 @@ class JobRunner(Service):
         remaining = running.deadline - self.monotonic()
         if remaining <= 0:
             running.timer = None
-            self._terminate(running, "TIMEOUT", "the job ran longer than its %gs timeout" % running.job.timeout)
+            self._terminate(running, "TIMEOUT", "the job ran longer than its %gs timeout" % (running.job.timeout or 0))
             return
         running.timer = self.reactor.callLater(min(remaining, 60.0), self._schedule_deadline, running)
 

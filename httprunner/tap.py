@@ -26,6 +26,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from httprunner import __version__
 from httprunner.api import JobAPI, Limits
@@ -344,8 +345,8 @@ class DaemonService(MultiService):
         Service.stopService(self)
         d: Deferred[Any] = succeed(None)
         for child in reversed(list(self)):
-            d.addCallback(lambda _, child=child: child.stopService())
-            d.addErrback(lambda f, child=child: log.failure("stopping {service!r} failed", f, service=child))
+            d.addCallback(_stop_child, child)
+            d.addErrback(_stop_failed, child)
 
         def stopped(result: Any) -> Any:
             # twistd re-raises the signal that stopped the reactor so the
@@ -357,6 +358,14 @@ class DaemonService(MultiService):
             return result
 
         return d.addCallback(stopped)
+
+
+def _stop_child(_: object, child: Any) -> Any:
+    return child.stopService()
+
+
+def _stop_failed(failure: Failure, child: Any) -> None:
+    log.failure("stopping {service!r} failed", failure, service=child)
 
 
 def _refuse(message: str) -> StartupError:
@@ -469,7 +478,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         max_in_flight=options["max_callbacks"],
         # The outbox: every change of a record goes to the store, and a
         # durable store keeps what a shutdown cut short pending, to resume.
-        on_change=lambda job_id, delivery: store.delivery_changed(job_id, delivery.to_json()),
+        on_change=lambda job_id, delivery: store.delivery_changed(job_id, dict(delivery.to_json())),
         abandon_as_pending=store.durable,
     )
     outbox = CallbackOnFinish(notifier)

@@ -92,10 +92,24 @@ class Recovery:
 class JobStore(Protocol):
     """Where jobs are kept; see the module docstring."""
 
-    #: True when jobs survive a restart (the queue is kept at shutdown)
-    durable: bool
-    #: the name a store shows in logs and /healthz (never a password)
-    description: str
+    # Read-only properties: each store sets them as plain class attributes.
+
+    @property
+    def durable(self) -> bool:
+        """True when jobs survive a restart (the queue is kept at shutdown)."""
+
+    @property
+    def shared_queue(self) -> bool:
+        """True when the queue lives in the store, shared by a cluster's
+        nodes (then ``release`` and ``request_cancel`` apply)."""
+
+    @property
+    def node_name(self) -> str | None:
+        """This daemon's node name in a cluster, else None."""
+
+    @property
+    def description(self) -> str:
+        """The name a store shows in logs and /healthz (never a password)."""
 
     def open(self) -> Recovery:
         """Open (create, migrate, lock) and recover; raise StoreError.
@@ -130,6 +144,12 @@ class JobStore(Protocol):
 
     def forget(self, job: Job) -> None:
         """Remove a job that was admitted and then refused (503)."""
+
+    def release(self, job: Job) -> None:
+        """Cluster: put a job this node claimed back in the shared queue."""
+
+    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
+        """Cluster: cancel a job this node does not hold (see PostgresJobStore)."""
 
     def get(self, job_id: str) -> Deferred[Job | None]:
         """The job with this id, or None (unknown or evicted)."""

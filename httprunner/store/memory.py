@@ -23,6 +23,8 @@ from httprunner.store.base import ListQuery, Recovery, StoreCounts, UnknownCurso
 class MemoryJobStore:
     """Jobs in a dict, in submission order; finished ones in finishing order."""
 
+    shared_queue = False
+    node_name = None
     durable = False
     description = "memory"
 
@@ -63,6 +65,12 @@ class MemoryJobStore:
 
     def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
         pass  # the job in memory holds the record itself
+
+    def release(self, job: Job) -> None:
+        raise NotImplementedError("the queue is this daemon's own")
+
+    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
+        raise NotImplementedError("every job of this store is this daemon's own")
 
     def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

@@ -28,6 +28,7 @@ node got when it claimed (or admitted) it, so "finished by its owner" and
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 import os
@@ -43,6 +44,7 @@ import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from httprunner import jobs, orphans
@@ -453,7 +455,7 @@ class PostgresJobStore:
         drained = journal.drain()
         timer = self.reactor.callLater(10.0, drained.cancel)
         drained.addCallback(lambda _: journal.submit(Write(run=leave, required=True)))
-        drained.addErrback(lambda f: self.log.warn("leaving the cluster: {error}", error=_one_line(f.value)))
+        drained.addErrback(self._leave_failed)
 
         def closed(_: object) -> None:
             if timer.active():
@@ -468,6 +470,9 @@ class PostgresJobStore:
             self.connected = False
 
         return drained.addBoth(closed)
+
+    def _leave_failed(self, failure: Failure) -> None:
+        self.log.warn("leaving the cluster: {error}", error=_one_line(failure.value or Exception()))
 
     def _write_state(self, error: str | None) -> None:
         self.last_error = error
@@ -868,8 +873,8 @@ class PostgresJobStore:
         d = self._query("SELECT %s FROM %s.jobs WHERE id = %%s" % (_FULL, self._s), (job_id,))
         return d.addCallback(lambda rows: self._job(rows[0]) if rows else None)
 
-    def list(self, query: ListQuery) -> Deferred[list[Job]]:
-        where: list[str] = []
+    def list(self, query: ListQuery) -> Deferred[builtins.list[Job]]:
+        where: builtins.list[str] = []
         args: dict[str, Any] = {"limit": query.limit}
         if query.before is not None:
             where.append("seq < (SELECT seq FROM %s.jobs WHERE id = %%(before)s)" % self._s)
@@ -887,7 +892,7 @@ class PostgresJobStore:
         )
         s = self._s
 
-        def run() -> list[dict[str, Any]]:
+        def run() -> builtins.list[dict[str, Any]]:
             c = self._reader_connection()
             try:
                 if (
@@ -903,7 +908,7 @@ class PostgresJobStore:
                     raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
                 raise
 
-        def jobs_of(rows: list[dict[str, Any]]) -> list[Job]:
+        def jobs_of(rows: builtins.list[dict[str, Any]]) -> builtins.list[Job]:
             found = []
             for row in rows:
                 entry = self._unsaved.get(row["id"])
@@ -941,7 +946,7 @@ class PostgresJobStore:
 
         return deferToThreadPool(self.reactor, self._readers, run)
 
-    def nodes(self) -> Deferred[list[NodeView]]:
+    def nodes(self) -> Deferred[builtins.list[NodeView]]:
         rows = self._query(
             "SELECT name, extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at, running,"
             " state = 'alive' AND heartbeat_at >= now() - make_interval(secs => 3 * heartbeat_interval) AS alive"
@@ -970,7 +975,7 @@ class PostgresJobStore:
             f" FROM {self._s}.jobs WHERE id = %(id)s"
         )
 
-        def shape(rows: list[dict[str, Any]]) -> tuple[int, bytes, bool] | None:
+        def shape(rows: builtins.list[dict[str, Any]]) -> tuple[int, bytes, bool] | None:
             if not rows:
                 return None
             row = rows[0]

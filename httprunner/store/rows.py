@@ -101,7 +101,7 @@ def summary_values(job: Job) -> dict[str, Any]:
     }
 
 
-def job_from_row(row: Mapping[str, Any], max_output: int, delivery_factory: Any) -> Job:
+def job_from_row(row: Any, max_output: int, delivery_factory: Any) -> Job:
     """Rebuild a job from its row; without output columns the streams are
     empty but keep their byte counts (a listing shows no output)."""
     job = Job.__new__(Job)

@@ -122,6 +122,8 @@ class SQLiteJobStore:
     """Jobs in one SQLite file; see the module docstring."""
 
     log = Logger()
+    shared_queue = False
+    node_name = None
     durable = True
 
     def __init__(
@@ -403,6 +405,12 @@ class SQLiteJobStore:
             )
 
         self._write(None, run, required=False)
+
+    def release(self, job: Job) -> None:
+        raise NotImplementedError("the queue is this daemon's own")
+
+    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
+        raise NotImplementedError("every job of this store is this daemon's own")
 
     def forget(self, job: Job) -> None:
         def run(c: sqlite3.Connection) -> None:
