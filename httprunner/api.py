@@ -278,6 +278,14 @@ class _Follower:
         if not self.wanted or self.done.called:
             return
         start, data = self.buffer.read(self.offset)
+        if start != self.offset:
+            # The next bytes lie past a gap the buffer dropped (--max-output).
+            # End this response: the client reconnects at its offset and learns
+            # of the gap from X-Output-Offset, instead of counting the bytes
+            # after the gap as if they came right after the ones it has.
+            self._stop()
+            self.done.callback(b"")
+            return
         if data:
             data = data[:FOLLOW_CHUNK]
             self.offset = start + len(data)

@@ -231,3 +231,25 @@ def test_openapi_is_served_as_packaged(app: App) -> None:
     code, headers, body = app.call("GET", "/openapi.json")
     packaged = open(os.path.join(os.path.dirname(__file__), "..", "httprunner", "openapi.json"), "rb").read()
     assert code == 200 and body == packaged
+
+
+def test_follow_ends_the_response_at_a_dropped_gap(app: App) -> None:
+    # A reader of the head must not take the tail for what follows the head:
+    # the response ends at the gap and a new one says where it resumes.
+    from httprunner.output import OutputBuffer
+
+    job = result_of(app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"]))
+    job.stdout = OutputBuffer(8)
+    job.stdout.append(b"0123")
+    request = _Request()
+    follower = _Follower(request, app.runner, job, 1, 0)
+    follower.resumeProducing()
+    assert request.written == [b"0123"]
+    job.stdout.append(b"abcdefghij")  # the head is full: 6 bytes fall out of the middle
+    app.runner.process_output(job, 1)
+    follower.resumeProducing()
+    assert request.written == [b"0123"] and follower.done.called and request.producer is None
+    code, headers, body = app.call("GET", "/%s/stdout?offset=4" % job.id)
+    assert (body, headers.getRawHeaders("X-Output-Offset")) == (b"ghij", ["10"])
+    app.finish(job.id)
+
