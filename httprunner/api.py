@@ -28,13 +28,20 @@ from httprunner.jobs import STATES, Job
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.responses import dump_json, json_error, json_response
 from httprunner.runner import ShuttingDown, SpawnUnavailable
+from httprunner.stats import stats_document, window_start
 from httprunner.store.base import ListQuery, QueueFull, StoreUnavailable, UnknownCursor, UnknownNode
 
 #: the OpenAPI 3.1 description of this API, served as it is in the package
 OPENAPI = importlib.resources.files("httprunner").joinpath("openapi.json").read_bytes()
 JOB_ID = re.compile(r"[0-9a-f]{40}")
 #: the API's fixed paths: a wrong method there is a 405, not "no job 'jobs'"
-FIXED_PATHS = {"jobs": "GET", "healthz": "GET", "metrics": "GET", "openapi.json": "GET"}
+FIXED_PATHS = {
+    "jobs": "GET",
+    "stats": "GET",
+    "healthz": "GET",
+    "metrics": "GET",
+    "openapi.json": "GET",
+}
 OCTET_STREAM = b"application/octet-stream"
 #: the most one write of a follow stream sends
 FOLLOW_CHUNK = 64 * 1024
@@ -188,6 +195,20 @@ class JobAPI:
         # A full page may have more after it: the cursor for the next one.
         following = found[-1].id if len(found) == limit else None
         return json_response(request, 200, dump_json({"jobs": views, "next": following}))
+
+    @app.route("/stats", methods=["GET"])
+    async def stats(self, request: IRequest) -> bytes:
+        # the clock the runner stamps jobs with, so the minutes line up
+        now = self.runner.walltime()
+        try:
+            counts = await self.store.counts(window_start(now))
+        except StoreUnavailable as e:
+            request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
+            return json_error(request, 503, "the store cannot count the jobs now (%s); retry later" % e)
+        document = stats_document(
+            now=now, running=self.runner.running_count, queued=self.runner.queued_count, counts=counts
+        )
+        return json_response(request, 200, dump_json(document))
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:

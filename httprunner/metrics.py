@@ -40,7 +40,18 @@ CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 STREAMS = ("stdout", "stderr")
 
 #: every route of the API, as a template; anything else is "other"
-ROUTES = ("/", "/{id}", "/{id}/", "/{id}/stdout", "/{id}/stderr", "/jobs", "/healthz", "/metrics", "/openapi.json")
+ROUTES = (
+    "/",
+    "/{id}",
+    "/{id}/",
+    "/{id}/stdout",
+    "/{id}/stderr",
+    "/jobs",
+    "/stats",
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+)
 METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 OTHER = "other"
 

@@ -223,6 +223,7 @@ def test_unknown_paths_and_methods_collapse_into_other(metrics: Metrics) -> None
         ("/" + "f" * 40 + "/stderr", "/{id}/stderr"),
         ("/" + "f" * 40 + "?wait=3", "/{id}"),
         ("/not-an-id", "/{id}"),
+        ("/stats", "/stats"),
         ("/a/b", "other"),
         ("//", "other"),
         ("", "other"),

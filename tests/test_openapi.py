@@ -161,6 +161,27 @@ def test_query_parameters_are_the_ones_the_api_reads() -> None:
     assert names("/jobs", "get") == {"state", "limit", "before", "q"}
 
 
+def test_the_stats_schema_accepts_what_the_code_produces() -> None:
+    from httprunner.stats import stats_document
+    from httprunner.store.base import StoreCounts
+
+    now = 1795820000.5
+    counts = StoreCounts(
+        states={"succeeded": 1, "lost": 1, "running": 1},
+        finished=[(int(now // 60) * 60, "succeeded", 1), (int(now // 60) * 60 - 60, "lost", 1)],
+    )
+    stats = stats_document(
+        now=now,
+        running=1,
+        queued=0,
+        counts=counts,
+        nodes=[{"name": "a", "last_heartbeat": "2026-11-30T10:01:29.000Z", "alive": True, "running": 1}],
+    )
+    assert [e.message for e in validator("Stats").iter_errors(stats)] == []
+    assert not validator("Stats").is_valid({**stats, "finished_per_minute": stats["finished_per_minute"][1:]})
+    assert not validator("Stats").is_valid({**stats, "states": {**stats["states"], "done": 1}})
+
+
 # --------------------------------------------------------------------------
 # the schemas accept what the code produces
 
