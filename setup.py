@@ -12,8 +12,13 @@ setup(
     python_requires=">=3.11",
     # "twisted.plugins" is listed so the dropin is installed; there is no
     # __init__.py in twisted/ or twisted/plugins/ (it would shadow Twisted).
-    packages=["httprunner", "httprunner.callbacks", "httprunner.store", "twisted.plugins"],
-    package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
+    packages=["httprunner", "httprunner.callbacks", "httprunner.store", "httprunner.web", "twisted.plugins"],
+    package_data={
+        "httprunner": ["openapi.json"],
+        # the dashboard (/ui/): plain files, no build step
+        "httprunner.web": ["*.html", "*.css", "*.js", "*.svg"],
+        "twisted": ["plugins/httprunner_plugin.py"],
+    },
     install_requires=[
         "Twisted[tls]>=24.7",
         "idna>=3",

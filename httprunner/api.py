@@ -1,6 +1,7 @@
 """The Klein app: routes, strict request parsing, JSON answers and errors.
 
-Every answer is JSON (except the raw output endpoints), every error is
+Every answer is JSON (except the raw output endpoints and the dashboard's
+static files under ``/ui/``, see :mod:`httprunner.web`), every error is
 ``{"message": <reason phrase>, "error": <what was wrong>}``, including
 unknown routes, wrong methods and internal errors.
 """
@@ -22,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from httprunner import __version__
+from httprunner import __version__, web
 from httprunner.admission import Admission, Limits
 from httprunner.jobs import STATES, Job
 from httprunner.parsing import RequestError, parse_job_request
@@ -41,6 +42,7 @@ FIXED_PATHS = {
     "healthz": "GET",
     "metrics": "GET",
     "openapi.json": "GET",
+    "ui": "GET",
 }
 OCTET_STREAM = b"application/octet-stream"
 #: the most one write of a follow stream sends
@@ -236,6 +238,17 @@ class JobAPI:
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         return json_response(request, 200, OPENAPI)
+
+    # -- the dashboard's static files -----------------------------------
+
+    @app.route("/ui", methods=["GET"])
+    def dashboard_redirect(self, request: IRequest) -> bytes:
+        return web.redirect_to_index(request)
+
+    @app.route("/ui/", methods=["GET"])
+    @app.route("/ui/<path:name>", methods=["GET"])
+    def dashboard(self, request: IRequest, name: str = "index.html") -> bytes:
+        return web.serve(request, name)
 
     # -- errors -------------------------------------------------------
 

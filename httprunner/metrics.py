@@ -51,6 +51,9 @@ ROUTES = (
     "/healthz",
     "/metrics",
     "/openapi.json",
+    "/ui",
+    "/ui/",
+    "/ui/{name}",
 )
 METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 OTHER = "other"
@@ -87,6 +90,9 @@ def route_template(path: str) -> str:
     fixed = _FIXED_ROUTES.get(path)
     if fixed is not None:
         return fixed
+    if path.startswith("/ui/"):
+        # The dashboard's files: a handful of names, but any path could be asked.
+        return "/ui/{name}"
     match = _ID_ROUTE.fullmatch(path)
     if match is None:
         return OTHER
