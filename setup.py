@@ -32,6 +32,9 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "schemathesis>=4.30",
+            # browser tests: the Python package only; the browser is Debian's
+            # chromium (a Playwright browser download does not work here)
+            "playwright>=1.45",
         ],
     },
     entry_points={
