@@ -12,8 +12,13 @@ setup(
     python_requires=">=3.11",
     # "twisted.plugins" is listed so the dropin is installed; there is no
     # __init__.py in twisted/ or twisted/plugins/ (it would shadow Twisted).
-    packages=["httprunner", "httprunner.callbacks", "httprunner.store", "twisted.plugins"],
-    package_data={"httprunner": ["openapi.json"], "twisted": ["plugins/httprunner_plugin.py"]},
+    packages=["httprunner", "httprunner.callbacks", "httprunner.store", "httprunner.web", "twisted.plugins"],
+    package_data={
+        "httprunner": ["openapi.json"],
+        # the dashboard (/ui/): plain files, no build step
+        "httprunner.web": ["*.html", "*.css", "*.js", "*.svg"],
+        "twisted": ["plugins/httprunner_plugin.py"],
+    },
     # Lower bounds: the oldest releases the whole suite passes with.  Upper
     # bounds: Twisted, klein and treq are calendar-versioned and remove
     # deprecated APIs after a year, so they stop before the next year's
@@ -38,6 +43,9 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "schemathesis>=4.30",
+            # browser tests: the Python package only; the browser is Debian's
+            # chromium (a Playwright browser download does not work here)
+            "playwright>=1.45",
         ],
         # The code health checks .ci/run runs before the tests.
         "dev": [

@@ -1,6 +1,7 @@
 """The Klein app: routes, strict request parsing, JSON answers and errors.
 
-Every answer is JSON (except the raw output endpoints), every error is
+Every answer is JSON (except the raw output endpoints and the dashboard's
+static files under ``/ui/``, see :mod:`httprunner.web`), every error is
 ``{"message": <reason phrase>, "error": <what was wrong>}``, including
 unknown routes, wrong methods and internal errors.
 """
@@ -22,21 +23,29 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
-from httprunner import __version__
+from httprunner import __version__, web
 from httprunner.admission import Admission, Limits
-
-__all__ = ["JobAPI", "Limits"]
-from httprunner.jobs import STATES, Job
+from httprunner.jobs import STATES, Job, rfc3339
 from httprunner.parsing import RequestError, parse_job_request
 from httprunner.responses import dump_json, json_error, json_response
 from httprunner.runner import REMOTE_POLL, ShuttingDown, SpawnUnavailable
+from httprunner.stats import stats_document, window_start
 from httprunner.store.base import ListQuery, QueueFull, StoreUnavailable, UnknownCursor, UnknownNode
+
+__all__ = ["JobAPI", "Limits"]
 
 #: the OpenAPI 3.1 description of this API, served as it is in the package
 OPENAPI = importlib.resources.files("httprunner").joinpath("openapi.json").read_bytes()
 JOB_ID = re.compile(r"[0-9a-f]{40}")
 #: the API's fixed paths: a wrong method there is a 405, not "no job 'jobs'"
-FIXED_PATHS = {"jobs": "GET", "healthz": "GET", "metrics": "GET", "openapi.json": "GET"}
+FIXED_PATHS = {
+    "jobs": "GET",
+    "stats": "GET",
+    "healthz": "GET",
+    "metrics": "GET",
+    "openapi.json": "GET",
+    "ui": "GET",
+}
 OCTET_STREAM = b"application/octet-stream"
 #: the most one write of a follow stream sends
 FOLLOW_CHUNK = 64 * 1024
@@ -195,6 +204,37 @@ class JobAPI:
         following = found[-1].id if len(found) == limit else None
         return json_response(request, 200, dump_json({"jobs": views, "next": following}))
 
+    @app.route("/stats", methods=["GET"])
+    async def stats(self, request: IRequest) -> bytes:
+        # the clock the runner stamps jobs with, so the minutes line up
+        now = self.runner.walltime()
+        try:
+            counts = await self.store.counts(window_start(now))
+        except StoreUnavailable as e:
+            request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
+            return json_error(request, 503, "the store cannot count the jobs now (%s); retry later" % e)
+        running, queued = self.runner.running_count, self.runner.queued_count
+        nodes: list[dict[str, Any]] = []
+        if self.store.shared_queue:
+            # A cluster: the whole cluster's numbers, and its nodes.
+            running, queued = counts.states.get("running", 0), counts.states.get("queued", 0)
+            try:
+                found = await self.store.nodes()
+            except StoreUnavailable as e:
+                request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
+                return json_error(request, 503, "the store cannot list the nodes now (%s); retry later" % e)
+            nodes = [
+                {
+                    "name": node.name,
+                    "last_heartbeat": rfc3339(node.heartbeat_at),
+                    "alive": node.alive,
+                    "running": node.running,
+                }
+                for node in found
+            ]
+        document = stats_document(now=now, running=running, queued=queued, counts=counts, nodes=nodes)
+        return json_response(request, 200, dump_json(document))
+
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
         return json_response(
@@ -222,6 +262,17 @@ class JobAPI:
     @app.route("/openapi.json", methods=["GET"])
     def openapi(self, request: IRequest) -> bytes:
         return json_response(request, 200, OPENAPI)
+
+    # -- the dashboard's static files -----------------------------------
+
+    @app.route("/ui", methods=["GET"])
+    def dashboard_redirect(self, request: IRequest) -> bytes:
+        return web.redirect_to_index(request)
+
+    @app.route("/ui/", methods=["GET"])
+    @app.route("/ui/<path:name>", methods=["GET"])
+    def dashboard(self, request: IRequest, name: str = "index.html") -> bytes:
+        return web.serve(request, name)
 
     # -- errors -------------------------------------------------------
 
@@ -285,6 +336,14 @@ class _Follower:
         if not self.wanted or self.done.called:
             return
         start, data = self.buffer.read(self.offset)
+        if start != self.offset:
+            # The next bytes lie past a gap the buffer dropped (--max-output).
+            # End this response: the client reconnects at its offset and learns
+            # of the gap from X-Output-Offset, instead of counting the bytes
+            # after the gap as if they came right after the ones it has.
+            self._stop()
+            self.done.callback(b"")
+            return
         if data:
             data = data[:FOLLOW_CHUNK]
             self.offset = start + len(data)
@@ -359,7 +418,12 @@ class _RemoteFollower:
             self.ended = True  # evicted meanwhile
         else:
             start, data, finished = result
-            if data:
+            if start != self.offset:
+                # Past a gap the buffer dropped: end the response here, as
+                # a local follower does (the client resumes at its offset
+                # and learns of the gap from X-Output-Offset).
+                self.ended = True
+            elif data:
                 self.offset = start + len(data)
                 self.pending += data
             elif finished:

@@ -83,8 +83,6 @@ class ClusterNode(Service):
         self._synced: dict[str, tuple[int, int, int, int]] = {}
         self._connected_since: float | None = None
         self._last_prune = 0.0
-        #: the shared queue's length at the last poll (for /healthz)
-        self.queued = 0
 
     # -- IService -------------------------------------------------------------
 
@@ -188,7 +186,7 @@ class ClusterNode(Service):
         self._polling = False
 
     def _queue_length(self, count: int) -> None:
-        self.queued = count
+        self.runner.shared_queued = count
 
     def _may_sweep(self) -> bool:
         if self.store.last_error is not None:

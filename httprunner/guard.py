@@ -9,9 +9,12 @@ Every request passes three checks before any routing happens, in this order:
    ``--allowed-origin``; otherwise ``403``, and nothing runs.
 3. Bearer token (when ``--token-file`` is given): ``Authorization: Bearer
    <token>``, compared in constant time; otherwise ``401`` with
-   ``WWW-Authenticate``. Only the open paths (``/healthz``) skip this check.
-   Because the check comes before routing, unknown paths answer ``401`` too,
-   so an unauthenticated client learns nothing about the routes.
+   ``WWW-Authenticate``. Only the open paths skip this check: ``/healthz``
+   and the dashboard's static files (``/ui/`` and each file under it, which
+   hold no data: the page sends the token on every data request). Because
+   the check comes before routing, unknown paths answer ``401`` too (an
+   unknown file under ``/ui/`` included), so an unauthenticated client
+   learns nothing about the routes.
 
 Clients that send no ``Origin`` (``curl``, scripts) are not affected by the
 browser defences. Tokens and the ``Authorization`` header are never logged.
@@ -39,6 +42,8 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 
 from httprunner.responses import json_error
 from httprunner.site import format_peer
+from httprunner.web import PUBLIC_PATHS as DASHBOARD_FILES
+from httprunner.web import SECURITY_HEADERS as DASHBOARD_HEADERS
 
 __all__ = [
     "ConfigError",
@@ -57,7 +62,7 @@ MAX_TOKEN_FILE_BYTES = 1024 * 1024
 # Shorter tokens are accepted but earn a warning: they can be guessed.
 MIN_RECOMMENDED_TOKEN_LENGTH = 16
 
-OPEN_PATHS = frozenset({b"/healthz"})
+OPEN_PATHS = frozenset({b"/healthz"}) | DASHBOARD_FILES
 
 REALM = b'Bearer realm="httprunner"'
 REALM_INVALID = b'Bearer realm="httprunner", error="invalid_token"'
@@ -614,6 +619,10 @@ class GuardedResource(Resource):
         )
         if challenge is not None:
             request.setHeader(b"WWW-Authenticate", challenge)
+        if request.path == b"/ui" or request.path.startswith(b"/ui/"):
+            # every answer under /ui carries the dashboard's headers, refusals too
+            for name, value in DASHBOARD_HEADERS:
+                request.setHeader(name, value)
         return json_error(request, status, error)
 
     def _refuse(self, request: IRequest) -> bytes | None:

@@ -40,7 +40,21 @@ CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 STREAMS = ("stdout", "stderr")
 
 #: every route of the API, as a template; anything else is "other"
-ROUTES = ("/", "/{id}", "/{id}/", "/{id}/stdout", "/{id}/stderr", "/jobs", "/healthz", "/metrics", "/openapi.json")
+ROUTES = (
+    "/",
+    "/{id}",
+    "/{id}/",
+    "/{id}/stdout",
+    "/{id}/stderr",
+    "/jobs",
+    "/stats",
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    "/ui",
+    "/ui/",
+    "/ui/{name}",
+)
 METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "PUT", "PATCH", "OPTIONS"})
 OTHER = "other"
 
@@ -76,6 +90,9 @@ def route_template(path: str) -> str:
     fixed = _FIXED_ROUTES.get(path)
     if fixed is not None:
         return fixed
+    if path.startswith("/ui/"):
+        # The dashboard's files: a handful of names, but any path could be asked.
+        return "/ui/{name}"
     match = _ID_ROUTE.fullmatch(path)
     if match is None:
         return OTHER

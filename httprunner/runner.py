@@ -159,6 +159,8 @@ class JobRunner(Service):
         self.shared_queue: bool = getattr(store, "shared_queue", False)
         #: this daemon's cluster node name (None: not a cluster)
         self.node_name: str | None = getattr(store, "node_name", None)
+        #: the shared queue's length as the cluster node last counted it
+        self.shared_queued = 0
         #: told when a slot frees and the queue is shared (the cluster claims)
         self.on_free_slot: Callable[[], None] = lambda: None
         #: the per-command limits seen, to tell a cluster what not to claim
@@ -174,7 +176,9 @@ class JobRunner(Service):
 
     @property
     def queued_count(self) -> int:
-        return len(self._queue)
+        """Jobs waiting: this daemon's queue, or the cluster's shared one
+        (as the cluster node last counted it)."""
+        return self.shared_queued if self.shared_queue else len(self._queue)
 
     # -- admission ----------------------------------------------------
 

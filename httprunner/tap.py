@@ -332,7 +332,11 @@ class DaemonService(MultiService):
         except StoreError as e:
             raise _refuse(str(e)) from None
         super().startService()
-        log.info("httprunner {version} listening on {endpoints}", version=__version__, endpoints=self.endpoints)
+        log.info(
+            "httprunner {version} listening on {endpoints}; the dashboard is at /ui/",
+            version=__version__,
+            endpoints=self.endpoints,
+        )
 
     def stopService(self) -> Any:
         """Stop the children one after the other, last added first.

@@ -231,3 +231,53 @@ def test_openapi_is_served_as_packaged(app: App) -> None:
     code, headers, body = app.call("GET", "/openapi.json")
     packaged = open(os.path.join(os.path.dirname(__file__), "..", "httprunner", "openapi.json"), "rb").read()
     assert code == 200 and body == packaged
+
+
+def test_follow_ends_the_response_at_a_dropped_gap(app: App) -> None:
+    # A reader of the head must not take the tail for what follows the head:
+    # the response ends at the gap and a new one says where it resumes.
+    from httprunner.output import OutputBuffer
+
+    job = result_of(app.store.get(app.json("POST", "/", {"command": "prog"})[1]["id"]))
+    job.stdout = OutputBuffer(8)
+    job.stdout.append(b"0123")
+    request = _Request()
+    follower = _Follower(request, app.runner, job, 1, 0)
+    follower.resumeProducing()
+    assert request.written == [b"0123"]
+    job.stdout.append(b"abcdefghij")  # the head is full: 6 bytes fall out of the middle
+    app.runner.process_output(job, 1)
+    follower.resumeProducing()
+    assert request.written == [b"0123"] and follower.done.called and request.producer is None
+    code, headers, body = app.call("GET", "/%s/stdout?offset=4" % job.id)
+    assert (body, headers.getRawHeaders("X-Output-Offset")) == (b"ghij", ["10"])
+    app.finish(job.id)
+
+
+def _finished_jobs(app: App, *commands: list[str]) -> list[str]:
+    ids = []
+    for args in commands:
+        job = app.json("POST", "/", {"command": "prog", "args": args})[1]
+        app.finish(job["id"])
+        ids.append(job["id"])
+    return ids
+
+
+def test_the_text_filter_matches_the_command_line_in_any_case(app: App) -> None:
+    backup, restore, other = _finished_jobs(app, ["Backup", "/srv/Data"], ["restore", "/srv/data"], ["x y"])
+
+    def found(query: str) -> list[str]:
+        code, answer = app.json("GET", "/jobs?" + query)
+        assert code == 200, answer
+        return [job["id"] for job in answer["jobs"]]
+
+    assert found("q=srv/DATA") == [restore, backup]
+    assert found("q=backup") == [backup]
+    # command and arguments joined by single spaces: "prog x y"
+    assert found("q=prog%20x%20y") == [other]
+    assert found("q=prog%20%20x") == []
+    assert found("q=nothing-like-it") == []
+    assert found("q=") == [other, restore, backup]
+    # with the other filters: the limit counts matches, the state filter applies first
+    assert found("q=srv&limit=1") == [restore]
+    assert found("q=srv&state=failed") == []

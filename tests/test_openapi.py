@@ -57,7 +57,10 @@ def klein_routes() -> set[tuple[str, str]]:
     """
     routes = set()
     for rule in JobAPI.app.url_map.iter_rules():
-        path = re.sub(r"<(?:[^:>]+:)?[^>]+>", "{id}", rule.rule)
+        # <job_id> is described as {id}; other parameters keep their names
+        path = re.sub(
+            r"<(?:[^:>]+:)?([^>]+)>", lambda m: "{id}" if m.group(1) == "job_id" else "{%s}" % m.group(1), rule.rule
+        )
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):
                 routes.add((path, method))
@@ -101,12 +104,16 @@ def operations() -> Iterator[tuple[str, str, dict[str, Any]]]:
                 yield path, method, operation
 
 
-def test_every_operation_but_healthz_needs_the_bearer_token() -> None:
+#: the paths the guard lets through without a token (guard.OPEN_PATHS)
+OPEN = ("/healthz", "/ui", "/ui/", "/ui/{name}")
+
+
+def test_every_operation_but_healthz_and_the_dashboard_files_needs_the_bearer_token() -> None:
     scheme = SPEC["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
     assert SPEC["security"] == [{"bearerAuth": []}]
     for path, method, operation in operations():
-        if path == "/healthz":
+        if path in OPEN:
             assert operation["security"] == []
             assert "401" not in operation["responses"]
         else:
@@ -162,6 +169,37 @@ def test_query_parameters_are_the_ones_the_api_reads() -> None:
     assert names("/{id}", "get") == names("/{id}/", "get") == {"wait"}
     assert names("/{id}/stdout", "get") == names("/{id}/stderr", "get") == {"offset", "follow"}
     assert names("/jobs", "get") == {"state", "limit", "before", "q"}
+
+
+def test_the_dashboard_files_described_are_the_files_served() -> None:
+    from httprunner import guard, web
+
+    (parameter,) = SPEC["paths"]["/ui/{name}"]["get"]["parameters"]
+    assert set(parameter["schema"]["enum"]) == set(web.FILES)
+    assert {b"/ui/" + name.encode() for name in parameter["schema"]["enum"]} | {b"/ui", b"/ui/"} <= guard.OPEN_PATHS
+    csp = SPEC["components"]["headers"]["ContentSecurityPolicy"]["schema"]["const"]
+    assert csp.encode() == web.CONTENT_SECURITY_POLICY
+
+
+def test_the_stats_schema_accepts_what_the_code_produces() -> None:
+    from httprunner.stats import stats_document
+    from httprunner.store.base import StoreCounts
+
+    now = 1795820000.5
+    counts = StoreCounts(
+        states={"succeeded": 1, "lost": 1, "running": 1},
+        finished=[(int(now // 60) * 60, "succeeded", 1), (int(now // 60) * 60 - 60, "lost", 1)],
+    )
+    stats = stats_document(
+        now=now,
+        running=1,
+        queued=0,
+        counts=counts,
+        nodes=[{"name": "a", "last_heartbeat": "2026-11-30T10:01:29.000Z", "alive": True, "running": 1}],
+    )
+    assert [e.message for e in validator("Stats").iter_errors(stats)] == []
+    assert not validator("Stats").is_valid({**stats, "finished_per_minute": stats["finished_per_minute"][1:]})
+    assert not validator("Stats").is_valid({**stats, "states": {**stats["states"], "done": 1}})
 
 
 # --------------------------------------------------------------------------

@@ -151,6 +151,9 @@ class JobStore(Protocol):
     def request_cancel(self, job_id: str) -> Deferred[Job | None]:
         """Cluster: cancel a job this node does not hold (see PostgresJobStore)."""
 
+    def nodes(self) -> Deferred[list[NodeView]]:
+        """Cluster: the nodes, for ``/stats``."""
+
     def get(self, job_id: str) -> Deferred[Job | None]:
         """The job with this id, or None (unknown or evicted)."""
 
@@ -162,6 +165,16 @@ class JobStore(Protocol):
 
     def prune(self, before: float) -> Deferred[int]:
         """Evict finished jobs that finished before ``before`` (--max-age)."""
+
+
+@attrs.frozen
+class NodeView:
+    """A node of a cluster, for ``/stats``."""
+
+    name: str
+    heartbeat_at: float
+    alive: bool
+    running: int
 
 
 @attrs.frozen

@@ -17,7 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 
 from httprunner.jobs import Job
-from httprunner.store.base import ListQuery, Recovery, StoreCounts, UnknownCursor
+from httprunner.store.base import ListQuery, NodeView, Recovery, StoreCounts, UnknownCursor
 
 
 class MemoryJobStore:
@@ -71,6 +71,9 @@ class MemoryJobStore:
 
     def request_cancel(self, job_id: str) -> Deferred[Job | None]:
         raise NotImplementedError("every job of this store is this daemon's own")
+
+    def nodes(self) -> Deferred[list[NodeView]]:
+        raise NotImplementedError("not a cluster")
 
     def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

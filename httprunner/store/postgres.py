@@ -51,6 +51,7 @@ from httprunner import jobs, orphans
 from httprunner.jobs import Job, request_record
 from httprunner.store.base import (
     ListQuery,
+    NodeView,
     QueueFull,
     Recovery,
     StoreCounts,
@@ -208,16 +209,6 @@ class Claimed:
 
     job: Job
     request: dict[str, Any] | None
-
-
-@attrs.frozen
-class NodeView:
-    """A row of the nodes table, for ``/stats``."""
-
-    name: str
-    heartbeat_at: float
-    alive: bool
-    running: int
 
 
 @attrs.define

@@ -40,6 +40,7 @@ from httprunner import jobs
 from httprunner.jobs import Job, request_record
 from httprunner.store.base import (
     ListQuery,
+    NodeView,
     Recovery,
     StoreCounts,
     Stored,
@@ -411,6 +412,9 @@ class SQLiteJobStore:
 
     def request_cancel(self, job_id: str) -> Deferred[Job | None]:
         raise NotImplementedError("every job of this store is this daemon's own")
+
+    def nodes(self) -> Deferred[list[NodeView]]:
+        raise NotImplementedError("not a cluster")
 
     def forget(self, job: Job) -> None:
         def run(c: sqlite3.Connection) -> None:
