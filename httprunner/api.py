@@ -47,6 +47,8 @@ FIXED_PATHS = {
     "ui": "GET",
 }
 OCTET_STREAM = b"application/octet-stream"
+#: the longest text filter of GET /jobs?q=
+MAX_QUERY_TEXT = 500
 #: the most one write of a follow stream sends
 FOLLOW_CHUNK = 64 * 1024
 
@@ -55,6 +57,10 @@ class JobAPI:
     """The HTTP API over a JobRunner, its store and the policy."""
 
     app = Klein()
+    # werkzeug would answer "/jobs//" with a redirect to "/jobs/" (a 308
+    # our error handler cannot give a Location); such paths are simply
+    # unknown routes here.  Set before any route is declared.
+    app.url_map.merge_slashes = False
     log = Logger()
 
     def __init__(
@@ -189,6 +195,8 @@ class JobAPI:
             if before is not None and not JOB_ID.fullmatch(before):
                 raise RequestError("before must be a job id (40 hex digits), not %r" % before[:80])
             text = _arg(request, b"q") or None
+            if text is not None and len(text) > MAX_QUERY_TEXT:
+                raise RequestError("q is %d characters; at most %d" % (len(text), MAX_QUERY_TEXT))
             query = ListQuery(
                 states=None if states is None else frozenset(states), text=text, before=before, limit=limit
             )
@@ -237,15 +245,20 @@ class JobAPI:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
+        store = self.store.health()
         return json_response(
             request,
             200,
             dump_json(
                 {
-                    "status": "ok",
+                    # "degraded": the store refuses writes for now (disk
+                    # full, database away); reads of what this daemon
+                    # holds still answer, new jobs get 503 until it heals
+                    "status": "ok" if store["ok"] else "degraded",
                     "running": self.runner.running_count,
                     "queued": self.runner.queued_count,
                     "version": __version__,
+                    "store": store,
                 }
             ),
         )

@@ -17,10 +17,13 @@ path with a job id, which would create one series per job).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
 from httprunner import __version__, jobs
 
@@ -99,6 +102,38 @@ def route_template(path: str) -> str:
     return "/{id}" + (match.group(1) or "")
 
 
+class StoreCollector(Collector):
+    """The store's state at scrape time: whether it takes writes, the
+    writes not yet in, and a cluster's claims, hints and lost jobs."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        health = self.store.health()
+        kind = str(health.get("kind", ""))
+        ok = GaugeMetricFamily(
+            "httprunner_store_up", "1 while the store takes writes, 0 while it refuses them.", labels=["kind"]
+        )
+        ok.add_metric([kind], 1.0 if health.get("ok") else 0.0)
+        yield ok
+        yield GaugeMetricFamily(
+            "httprunner_store_backlog", "Writes handed to the store and not yet in.", value=health.get("backlog", 0)
+        )
+        for key, help_text in CLUSTER_COUNTERS.items():
+            if key in health:
+                yield CounterMetricFamily("httprunner_cluster_" + key, help_text, value=health[key])
+
+
+#: the cluster's counters (PostgresJobStore.counters) as metrics
+CLUSTER_COUNTERS = {
+    "claims": "Queued jobs this node claimed from the shared queue.",
+    "notifies_sent": "NOTIFY hints this node sent (queued jobs, cancel requests).",
+    "notifies_received": "NOTIFY hints this node received.",
+    "lost_declared": "Jobs of dead nodes this node declared lost.",
+}
+
+
 class Metrics:
     """The daemon's counters, gauges and histograms.
 
@@ -106,10 +141,12 @@ class Metrics:
     outcome, so the per-job hooks are an attribute read and an increment.
     """
 
-    def __init__(self, runner: CountsSource, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, runner: CountsSource, registry: CollectorRegistry | None = None, store: Any = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.runner = runner
         r = self.registry
+        if store is not None:
+            r.register(StoreCollector(store))
 
         self.jobs_started = Counter("httprunner_jobs_started", "Jobs whose process was spawned.", registry=r)
         finished = Counter(

@@ -471,7 +471,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             kill_on_output_limit=options["on-output-limit"] == "kill",
         ),
     )
-    metrics = Metrics(runner)
+    metrics = Metrics(runner, store=store)
     notifier = Notifier(
         reactor,
         on_attempt=metrics.callback_attempt,

@@ -281,3 +281,21 @@ def test_the_text_filter_matches_the_command_line_in_any_case(app: App) -> None:
     # with the other filters: the limit counts matches, the state filter applies first
     assert found("q=srv&limit=1") == [restore]
     assert found("q=srv&state=failed") == []
+
+
+def test_a_doubled_slash_is_an_unknown_route_not_a_redirect(app: App) -> None:
+    for path in ("/jobs//", "/ui//index.html"):
+        code, body = app.json("GET", path)
+        assert code == 404 and body["message"] == "Not Found", (path, code, body)
+
+
+def test_the_text_filter_has_a_length_cap(app: App) -> None:
+    code, body = app.json("GET", "/jobs?q=" + "a" * 501)
+    assert code == 400 and "at most 500" in body["error"]
+    assert app.json("GET", "/jobs?q=" + "a" * 500)[0] == 200
+
+
+def test_healthz_shows_the_store(app: App) -> None:
+    code, body = app.json("GET", "/healthz")
+    assert code == 200 and body["status"] == "ok"
+    assert body["store"] == {"kind": "memory", "durable": False, "ok": True, "last_error": None, "backlog": 0}

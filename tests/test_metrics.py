@@ -257,3 +257,46 @@ def test_the_build_info_names_the_version(metrics: Metrics) -> None:
     from httprunner import __version__
 
     assert value(scrape(metrics), "httprunner_build_info", version=__version__) == 1
+
+
+class FakeClusterStore:
+    """What the store collector reads: a cluster store's health()."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] = {
+            "kind": "postgresql",
+            "durable": True,
+            "ok": True,
+            "last_error": None,
+            "backlog": 0,
+            "claims": 0,
+            "notifies_sent": 0,
+            "notifies_received": 0,
+            "lost_declared": 0,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return dict(self.state)
+
+
+def test_the_store_state_is_read_at_scrape_time(runner: FakeRunner) -> None:
+    store = FakeClusterStore()
+    metrics = Metrics(runner, registry=CollectorRegistry(auto_describe=True), store=store)
+    samples = scrape(metrics)
+    assert value(samples, "httprunner_store_up", kind="postgresql") == 1.0
+    assert value(samples, "httprunner_store_backlog") == 0.0
+    store.state.update(ok=False, last_error="connection refused", backlog=7, claims=12, lost_declared=2)
+    samples = scrape(metrics)
+    assert value(samples, "httprunner_store_up", kind="postgresql") == 0.0
+    assert value(samples, "httprunner_store_backlog") == 7.0
+    assert value(samples, "httprunner_cluster_claims_total") == 12.0
+    assert value(samples, "httprunner_cluster_lost_declared_total") == 2.0
+
+
+def test_a_single_daemon_store_shows_no_cluster_counters(runner: FakeRunner) -> None:
+    from httprunner.store import MemoryJobStore
+
+    metrics = Metrics(runner, registry=CollectorRegistry(auto_describe=True), store=MemoryJobStore(1))
+    samples = scrape(metrics)
+    assert value(samples, "httprunner_store_up", kind="memory") == 1.0
+    assert not [name for name, _ in samples if name.startswith("httprunner_cluster_")]

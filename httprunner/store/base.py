@@ -120,6 +120,11 @@ class JobStore(Protocol):
     def close(self) -> Deferred[None]:
         """Record every pending write, then release the store."""
 
+    def health(self) -> dict[str, Any]:
+        """The store's state for ``/healthz`` and ``/metrics``: ``kind``,
+        ``durable``, ``ok`` (takes writes), ``last_error``, ``backlog``
+        (writes not yet in); a cluster adds its node and counters."""
+
     def admit(self, job: Job, starting: bool) -> Deferred[None]:
         """Record a new job (and its request while it waits); see above.
 

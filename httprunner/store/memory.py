@@ -47,6 +47,9 @@ class MemoryJobStore:
     def close(self) -> Deferred[None]:
         return succeed(None)
 
+    def health(self) -> dict[str, Any]:
+        return {"kind": "memory", "durable": False, "ok": True, "last_error": None, "backlog": 0}
+
     # -- transitions ----------------------------------------------------
 
     def admit(self, job: Job, starting: bool = False) -> Deferred[None]:

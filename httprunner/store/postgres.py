@@ -462,6 +462,20 @@ class PostgresJobStore:
 
         return drained.addBoth(closed)
 
+    def health(self) -> dict[str, Any]:
+        journal = self._journal
+        return {
+            "kind": "postgresql",
+            "durable": True,
+            "database": self.description,
+            "schema": self.schema,
+            "node": self.node_name,
+            "ok": self.connected,
+            "last_error": self.last_error,
+            "backlog": 0 if journal is None else journal.backlog,
+            **self.counters,
+        }
+
     def _leave_failed(self, failure: Failure) -> None:
         self.log.warn("leaving the cluster: {error}", error=_one_line(failure.value or Exception()))
 

@@ -303,6 +303,18 @@ class SQLiteJobStore:
 
         return d.addBoth(closed)
 
+    def health(self) -> dict[str, Any]:
+        journal = self._journal
+        error = None if journal is None else journal.last_error
+        return {
+            "kind": "sqlite",
+            "durable": True,
+            "path": self.path,
+            "ok": journal is not None and error is None,
+            "last_error": error,
+            "backlog": 0 if journal is None else journal.backlog,
+        }
+
     def _close_connections(self) -> None:
         for connection in (self._reader, self._writer):
             if connection is not None:
