@@ -344,7 +344,10 @@ class PostgresJobStore:
         s = self._s
         with c.transaction():
             c.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(self.schema, "migrate"),))
-            c.execute("CREATE SCHEMA IF NOT EXISTS %s" % s)
+            # Only created when missing: a role with least privileges owns a
+            # schema an administrator made for it, and may create nothing else.
+            if c.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)).fetchone() is None:
+                c.execute("CREATE SCHEMA %s" % s)
             c.execute("CREATE TABLE IF NOT EXISTS %s.meta (key text PRIMARY KEY, value text NOT NULL)" % s)
             row = c.execute("SELECT value FROM %s.meta WHERE key = 'schema_version'" % s).fetchone()
             version = int(row["value"]) if row else 0
