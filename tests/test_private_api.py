@@ -49,6 +49,10 @@ ATTRIBUTES = {
     "twisted.internet.base.ReactorBase._exitSignal": "tap.py clears the signal twistd would re-raise",
     # site.HttpRunnerRequest.processingFailed: too late to answer?
     "twisted.web.http.Request._disconnected": "site.py checks whether the client is gone",
+    # callbacks/transport.py gives the pool a factory that does not log two
+    # info lines per connection (noisy = False).
+    "twisted.web.client.HTTPConnectionPool._factory": "callbacks/transport.py quiets the pool's client factory",
+    "twisted.web.client._HTTP11ClientFactory": "callbacks/transport.py subclasses it to set noisy = False",
     # Imported only while type checking (mypy would fail first), listed so
     # the table is the whole story.
     "treq._types._ITreqReactor": "callbacks/transport.py types the reactor treq needs",

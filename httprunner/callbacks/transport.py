@@ -40,7 +40,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, _HTTP11ClientFactory
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
@@ -63,6 +63,17 @@ if TYPE_CHECKING:
 #: (Twisted only retries idempotent methods on a stale connection).
 POOL_IDLE_SECONDS = 2
 
+
+
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """Twisted's client factory logs "Starting/Stopping factory" at info for
+    every connection: two lines per callback attempt in the daemon's log."""
+
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietClientFactory
 
 class EndpointFactory(TypingProtocol):
     """Makes the plain TCP endpoint for one checked address (injected in tests)."""
@@ -122,7 +133,7 @@ class CheckedHTTP:
         self._timeout = timeout
         self.endpoint_factory: EndpointFactory = endpoint_factory or self._tcp_endpoint
         self._tls_policy = tls_policy or BrowserLikePolicyForHTTPS()
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = _QuietPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = max_per_host
         self._pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
         self._pool.retryAutomatically = False
