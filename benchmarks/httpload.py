@@ -205,6 +205,8 @@ class CallbackReceiver:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self.received = 0
+        #: open connections, closed at stop (a peer may keep them alive)
+        self.connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -213,6 +215,11 @@ class CallbackReceiver:
     @property
     def url(self) -> str:
         return "http://127.0.0.1:%d/done" % self.port
+
+    def forget(self, job_id: str) -> None:
+        """Stop waiting for ``job_id`` (given up on)."""
+        self.waiting.pop(job_id, None)
+        self.early.pop(job_id, None)
 
     def expect(self, job_id: str) -> asyncio.Future[dict[str, Any]]:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -223,6 +230,7 @@ class CallbackReceiver:
         return future
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections[writer] = asyncio.current_task()
         try:
             while True:
                 line = await reader.readline()
@@ -237,9 +245,12 @@ class CallbackReceiver:
                     if name.strip().lower() == b"content-length":
                         length = int(value)
                 body = await reader.readexactly(length)
+                # when the whole body was in: parsing a large one is ours
+                received_at = time.perf_counter()
                 writer.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
                 self.received += 1
                 job = json.loads(body)
+                job["_received_at"] = received_at
                 future = self.waiting.pop(job["id"], None)
                 if future is None:
                     # the callback can beat the 202 to the client
@@ -249,11 +260,21 @@ class CallbackReceiver:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self.connections.pop(writer, None)
             writer.close()
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        # Closing our end ends each handler's read with EOF; waiting for
+        # them keeps asyncio from cancelling them at exit (which 3.11
+        # reports as an error).
+        tasks = [task for task in self.connections.values() if task is not None]
+        for writer in list(self.connections):
+            writer.close()
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self.server is not None:
             await self.server.wait_closed()
 
 
