@@ -19,6 +19,7 @@ script can tell "the job failed" from "the client could not do its work".
 from __future__ import annotations
 
 import argparse
+import email.utils
 import functools
 import http.client
 import json
@@ -38,6 +39,8 @@ from httprunner import __version__
 
 PROG = "httprunner-client"
 DEFAULT_URL = "http://127.0.0.1:9000"
+#: ``--url unix:PATH`` reaches a daemon listening on a unix socket
+UNIX_PREFIX = "unix:"
 
 # Exit codes of the client itself (documented in docs/client.rst).
 EXIT_OK = 0
@@ -46,7 +49,7 @@ EXIT_CONNECTION = 201  #: cannot reach the server, or lost it for good
 EXIT_HTTP = 202  #: the server refused the request (400, 413, other 4xx/5xx) or answered nonsense
 EXIT_AUTH = 203  #: 401 (missing or wrong token) or 403 (not allowed)
 EXIT_NOT_FOUND = 204  #: 404: unknown or evicted job
-EXIT_BUSY = 205  #: 503: queue full or out of resources; try again later
+EXIT_BUSY = 205  #: 503 (queue full or out of resources) after the retries; try again later
 EXIT_WAIT_TIMEOUT = 206  #: ``wait --timeout`` elapsed before the job ended
 EXIT_INTERRUPTED = 130  #: Ctrl-C (128 + SIGINT), as a shell reports it
 
@@ -63,6 +66,13 @@ PROGRESS_IDLE = 1.0
 PROGRESS_TICK = 1.0
 PROGRESS_REFRESH = 5.0
 READ_SIZE = 64 * 1024
+#: a ``503`` (queue full, out of processes, too many connections) is
+#: retried after its ``Retry-After``, at most this many times and while the
+#: waits add up to at most BUSY_RETRY_FOR seconds (``--no-retry``: never)
+BUSY_RETRIES = 5
+BUSY_RETRY_FOR = 60.0
+#: the wait when a 503 has no usable ``Retry-After``
+BUSY_DEFAULT_WAIT = 1.0
 
 JOB_ID_CHARS = frozenset("0123456789abcdef")
 
@@ -99,7 +109,7 @@ class HTTPStatusError(ClientError):
         self.status = status
         self.reason = reason
         self.error = error
-        self.retry_after = headers.get("Retry-After")
+        self.retry_after = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
         super().__init__(self._describe(), _exit_code_for_status(status))
 
     def _describe(self) -> str:
@@ -160,19 +170,86 @@ class Response(NamedTuple):
             raise ClientError(f"the server answered {self.status} with a body that is not JSON") from None
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix stream socket (a daemon's ``--listen unix:PATH``).
+
+    The ``Host`` header says ``localhost``: the daemon checks a unix
+    listener's Host only against ``--allowed-host``, which always admits
+    ``localhost`` there.
+    """
+
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time) -> float:
+    """The wait a ``Retry-After`` header asks for (delay seconds or an
+    HTTP date); BUSY_DEFAULT_WAIT when it is missing or unreadable."""
+    if value is None:
+        return BUSY_DEFAULT_WAIT
+    text = value.strip()
+    if text.isascii() and text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return BUSY_DEFAULT_WAIT
+    if when.tzinfo is None:
+        return BUSY_DEFAULT_WAIT
+    return max(0.0, when.timestamp() - now())
+
+
 class Server:
     """One httprunner daemon, reached with ``http.client`` (a connection per request).
 
     A fresh connection per request keeps threads independent and a broken
     stream from poisoning anything else; on loopback it costs nothing.
     Redirects are never followed (the bearer token must not travel to
-    another host).
+    another host).  A ``503`` is retried after its ``Retry-After`` (see
+    BUSY_RETRIES) unless ``retry_busy`` is false; ``notify`` is told of
+    each retry.
     """
 
-    def __init__(self, url: str, token: str | None = None) -> None:
+    #: how the client waits before a retry (tests replace it)
+    sleep = staticmethod(time.sleep)
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        retry_busy: bool = True,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.token = token
+        self.retry_busy = retry_busy
+        self.notify = notify or (lambda message: None)
+        self.url = url
+        if url.startswith(UNIX_PREFIX):
+            path = url[len(UNIX_PREFIX) :]
+            if not path or path.startswith("//") or "\0" in path:
+                raise UsageError(f"--url unix: wants the socket's path, as in unix:/run/httprunner.sock, not {url!r}")
+            self.scheme = "unix"
+            self.socket_path: str | None = path
+            self.host = "localhost"
+            self.port = 0
+            self.prefix = ""
+            return
+        self.socket_path = None
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
+            raise UsageError(f"--url must be an http:// or https:// URL or unix:SOCKET_PATH, not {url!r}")
         if parts.username is not None or parts.password is not None:
             raise UsageError("--url must not contain credentials; use --token-file or HTTPRUNNER_TOKEN")
         if parts.query or parts.fragment:
@@ -181,17 +258,23 @@ class Server:
             port = parts.port
         except ValueError:
             raise UsageError(f"--url has a bad port: {url!r}") from None
-        self.url = url
         self.scheme = parts.scheme
         self.host = parts.hostname
         self.port = port or (443 if parts.scheme == "https" else 80)
         # A daemon behind a reverse proxy may live under a path prefix.
         self.prefix = parts.path.rstrip("/")
-        self.token = token
 
-    # The connection is built in one place so tests (and a future unix:
-    # transport) can replace it.
+    @property
+    def where(self) -> str:
+        """The daemon's address, for messages."""
+        if self.socket_path is not None:
+            return UNIX_PREFIX + self.socket_path
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    # The connection is built in one place so tests can replace it.
     def connect(self, timeout: float | None) -> http.client.HTTPConnection:
+        if self.socket_path is not None:
+            return UnixHTTPConnection(self.socket_path, timeout)
         if self.scheme == "https":
             return http.client.HTTPSConnection(
                 self.host, self.port, timeout=timeout, context=ssl.create_default_context()
@@ -213,8 +296,10 @@ class Server:
         return headers
 
     def _connection_error(self, exc: BaseException) -> ConnectionFailed:
-        where = f"{self.scheme}://{self.host}:{self.port}"
-        if isinstance(exc, ConnectionRefusedError):
+        where = self.where
+        if self.socket_path is not None and isinstance(exc, (FileNotFoundError, ConnectionRefusedError)):
+            why = "no daemon listens on that socket (is httprunner running with --listen unix:...?)"
+        elif isinstance(exc, ConnectionRefusedError):
             why = "connection refused (is httprunner running there? set --url or HTTPRUNNER_URL)"
         elif isinstance(exc, socket.gaierror):
             why = f"cannot resolve {self.host!r}"
@@ -241,16 +326,46 @@ class Server:
         """Send a request; return the open connection and response headers.
 
         Error statuses are raised as :class:`HTTPStatusError` (body read,
-        connection closed); the caller reads and closes a success.
+        connection closed); the caller reads and closes a success.  A
+        ``503`` is first retried after its ``Retry-After`` (a 503 means
+        the daemon took nothing on, so even a submission is safe to send
+        again), at most BUSY_RETRIES times within BUSY_RETRY_FOR seconds.
         ``timeout=None`` means no read timeout (a follow stream may stay
         silent for hours); TCP keepalive then notices a dead peer.
         """
         data = None if body is None else json.dumps(body).encode("utf-8")
+        waited = 0.0
+        retries = 0
+        while True:
+            try:
+                return self._open_once(method, path, query, data, timeout)
+            except HTTPStatusError as exc:
+                if exc.status != 503 or not self.retry_busy or retries >= BUSY_RETRIES:
+                    raise
+                wait = retry_after_seconds(exc.retry_after)
+                if waited + wait > BUSY_RETRY_FOR:
+                    raise
+                retries += 1
+                waited += wait
+                self.notify(
+                    f"{exc.status} {exc.reason}: {exc.error or 'the daemon is busy'}; "
+                    f"retrying in {_seconds(round(wait, 1))} s ({retries} of {BUSY_RETRIES})"
+                )
+                self.sleep(wait)
+
+    def _open_once(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        data: bytes | None,
+        timeout: float | None,
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         conn = self.connect(CONNECT_TIMEOUT)
         try:
             conn.connect()
             conn.sock.settimeout(timeout)
-            if timeout is None:
+            if timeout is None and self.socket_path is None:
                 _enable_keepalive(conn.sock)
             conn.request(method, self.target(path, query), body=data, headers=self._headers(data is not None))
             response = conn.getresponse()
@@ -988,7 +1103,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--url",
         default=argparse.SUPPRESS,
-        help=f"the daemon's base URL (env HTTPRUNNER_URL; default {DEFAULT_URL})",
+        help=f"the daemon's base URL, or unix:SOCKET_PATH (env HTTPRUNNER_URL; default {DEFAULT_URL})",
+    )
+    group.add_argument(
+        "--no-retry",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=f"do not retry a 503 (busy) answer; by default it is retried after its Retry-After, "
+        f"at most {BUSY_RETRIES} times within {BUSY_RETRY_FOR:g} s",
     )
     group.add_argument(
         "--token-file",
@@ -1104,7 +1226,12 @@ def run_cli(
             raise UsageError(f"no command given (see {PROG} --help)")
         token_file = getattr(args, "token_file", None)
         token = read_token(token_file) if token_file else (env.get("HTTPRUNNER_TOKEN") or "").strip() or None
-        server = Server(getattr(args, "url", None) or env.get("HTTPRUNNER_URL") or DEFAULT_URL, token)
+        server = Server(
+            getattr(args, "url", None) or env.get("HTTPRUNNER_URL") or DEFAULT_URL,
+            token,
+            retry_busy=not getattr(args, "no_retry", False),
+            notify=console.message,
+        )
         ctx = Context(server=server, console=console, out=out, stdout_tty=stdout_tty)
         return int(args.handler(ctx, args))
     except ClientError as exc:

@@ -86,6 +86,8 @@ class FakeDaemon:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         #: (method, route kind) -> (status, body, headers), answered instead of the route
         self.failures: dict[tuple[str, str], tuple[int, bytes, dict[str, str]]] = {}
+        #: (method, route kind) -> how many more times its failure is answered (absent: always)
+        self.failure_counts: dict[tuple[str, str], int] = {}
         #: stream name -> byte positions where a follow response is cut (each once)
         self.breaks: dict[str, list[int]] = {"stdout": [], "stderr": []}
         #: cut mid-chunk (a chunk header promising more than is sent) instead of between chunks
@@ -163,9 +165,16 @@ class Handler(BaseHTTPRequestHandler):
         return "job", job, "", query
 
     def _failure(self, kind: str) -> bool:
-        failure = self.daemon.failures.get((self.command, kind))
-        if failure is None:
-            return False
+        key = (self.command, kind)
+        with self.daemon.cond:
+            failure = self.daemon.failures.get(key)
+            if failure is None:
+                return False
+            left = self.daemon.failure_counts.get(key)
+            if left is not None:
+                self.daemon.failure_counts[key] = left - 1
+                if left <= 1:
+                    del self.daemon.failures[key], self.daemon.failure_counts[key]
         status, body, headers = failure
         self._raw(status, body, headers)
         return True
@@ -460,7 +469,7 @@ def test_http_errors_show_the_servers_error_and_map_to_exit_codes(
 ) -> None:
     body = json.dumps({"message": "x", "error": error}).encode()
     fake.failures[("POST", "root")] = (status, body, headers)
-    result = cli(fake, "run", "--", "true")
+    result = cli(fake, "--no-retry", "run", "--", "true")
     assert result.code == exit_code
     assert shown in one_error_line(result)
     assert result.out == b""
@@ -895,3 +904,117 @@ def test_an_unexpected_failure_is_still_one_line(fake: FakeDaemon, monkeypatch: 
     result = cli(fake, "list")
     assert result.code == client.EXIT_HTTP
     assert "RuntimeError('kaboom')" in one_error_line(result)
+
+
+# -- 503: retried after Retry-After ---------------------------------------------
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The client's waits before retrying, recorded instead of slept."""
+    waited: list[float] = []
+    monkeypatch.setattr(client.Server, "sleep", staticmethod(waited.append))
+    return waited
+
+
+def busy(fake: FakeDaemon, retry_after: str | None, times: int | None = None, kind: str = "root") -> None:
+    body = json.dumps({"message": "Service Unavailable", "error": "the queue is full"}).encode()
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    method = "POST" if kind == "root" else "GET"
+    fake.failures[(method, kind)] = (503, body, headers)
+    if times is not None:
+        fake.failure_counts[(method, kind)] = times
+
+
+def posts(fake: FakeDaemon) -> int:
+    return sum(1 for method, _, _ in fake.requests if method == "POST")
+
+
+def test_a_503_is_retried_after_its_retry_after_and_the_job_runs_once(fake: FakeDaemon, sleeps: list[float]) -> None:
+    busy(fake, "2", times=2)
+    result = cli(fake, "run", "--", "echo", "hi")
+    assert result.code == 0 and result.out == b"hi\n"
+    assert sleeps == [2.0, 2.0]
+    assert posts(fake) == 3 and len(fake.jobs) == 1
+    retries = result.err_text.splitlines()
+    assert len(retries) == 2
+    assert "503 Service Unavailable: the queue is full; retrying in 2 s (1 of 5)" in retries[0]
+
+
+def test_no_retry_reports_a_503_at_once(fake: FakeDaemon, sleeps: list[float]) -> None:
+    busy(fake, "1", times=1)
+    result = cli(fake, "submit", "--no-retry", "--", "echo", "hi")
+    assert result.code == client.EXIT_BUSY
+    assert "503 Service Unavailable: the queue is full (retry after 1 s)" in one_error_line(result)
+    assert sleeps == [] and posts(fake) == 1 and fake.jobs == {}
+
+
+def test_503_retries_are_bounded_in_number(fake: FakeDaemon, sleeps: list[float]) -> None:
+    busy(fake, None)  # no Retry-After: a short default wait
+    result = cli(fake, "submit", "--", "echo", "hi")
+    assert result.code == client.EXIT_BUSY
+    assert sleeps == [client.BUSY_DEFAULT_WAIT] * client.BUSY_RETRIES
+    assert posts(fake) == client.BUSY_RETRIES + 1
+    assert result.err_text.splitlines()[-1].startswith("httprunner-client: error: 503 Service Unavailable")
+
+
+def test_503_retries_are_bounded_in_total_wait(fake: FakeDaemon, sleeps: list[float]) -> None:
+    busy(fake, "25")
+    result = cli(fake, "submit", "--", "echo", "hi")
+    # 25 + 25 fit in the 60 s budget; a third wait would not, so no third try
+    assert result.code == client.EXIT_BUSY and sleeps == [25.0, 25.0] and posts(fake) == 3
+
+
+def test_a_retry_after_beyond_the_budget_is_not_waited_for(fake: FakeDaemon, sleeps: list[float]) -> None:
+    busy(fake, "3600")
+    result = cli(fake, "submit", "--", "echo", "hi")
+    assert result.code == client.EXIT_BUSY and sleeps == [] and posts(fake) == 1
+    assert "(retry after 3600 s)" in one_error_line(result)
+
+
+def test_reads_are_retried_too(fake: FakeDaemon, sleeps: list[float]) -> None:
+    job = finished_job(fake, out=b"out\n")
+    busy(fake, "1", times=1, kind="job")
+    result = cli(fake, "status", job.id)
+    assert result.code == 0 and json.loads(result.out)["id"] == job.id and sleeps == [1.0]
+
+
+def test_other_errors_are_not_retried(fake: FakeDaemon, sleeps: list[float]) -> None:
+    fake.failures[("POST", "root")] = (500, b"{}", {"Retry-After": "1"})
+    assert cli(fake, "submit", "--", "echo", "hi").code == client.EXIT_HTTP
+    assert sleeps == [] and posts(fake) == 1
+
+
+@pytest.mark.parametrize(
+    "header, seconds",
+    [
+        ("7", 7.0),
+        (" 0 ", 0.0),
+        ("Wed, 01 Jan 2031 00:00:10 GMT", 10.0),  # an HTTP date: the time left until it
+        ("Wed, 01 Jan 2031 00:00:00 GMT", 0.0),
+        ("Tue, 31 Dec 2030 23:59:00 GMT", 0.0),  # already past
+        ("soon", client.BUSY_DEFAULT_WAIT),
+        ("-5", client.BUSY_DEFAULT_WAIT),
+        (None, client.BUSY_DEFAULT_WAIT),
+    ],
+)
+def test_retry_after_is_delay_seconds_or_an_http_date(header: str | None, seconds: float) -> None:
+    now = 1924992000.0  # 2031-01-01T00:00:00Z
+    assert client.retry_after_seconds(header, now=lambda: now) == seconds
+
+
+# -- unix sockets ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["unix:", "unix://run/x.sock"])
+def test_a_unix_url_needs_a_socket_path(url: str) -> None:
+    result = cli(None, "--url", url, "list")
+    assert result.code == client.EXIT_USAGE
+    assert "unix:/run/httprunner.sock" in one_error_line(result)
+
+
+def test_no_daemon_on_a_unix_socket_is_a_connection_error(tmp_path: Path) -> None:
+    path = tmp_path / "none.sock"
+    result = cli(None, "--url", "unix:%s" % path, "list")
+    assert result.code == client.EXIT_CONNECTION
+    assert "cannot talk to unix:%s: no daemon listens on that socket" % path in one_error_line(result)

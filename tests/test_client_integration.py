@@ -307,3 +307,31 @@ def test_run_resumes_a_cut_stream_from_the_real_daemon_without_loss(httprunner_d
     assert result.stdout == expected  # nothing lost, nothing written twice
     offsets = [int(m.group(1)) for line in proxy.request_lines if (m := re.search(r"/stdout\?offset=(\d+)", line))]
     assert offsets[0] == 0 and len(offsets) >= 2 and 0 < offsets[1] < len(expected)
+
+
+# -- a daemon on a unix socket -------------------------------------------------
+
+
+def test_client_reaches_a_daemon_listening_on_a_unix_socket(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    sock = tmp_path / "api.sock"
+    start_daemon("--listen", "unix:%s" % sock, "--allowed-host", "runner.example")
+    url = "unix:%s" % sock
+    run = client(None, "--url", url, "run", "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (run.returncode, run.stdout, run.stderr) == (3, b"out\n", b"err\n")
+    listed = client(None, "list", "--json", HTTPRUNNER_URL=url)
+    assert listed.returncode == 0
+    [job] = json.loads(listed.stdout)["jobs"]
+    assert job["arguments"] == ["-c", "echo out; echo err >&2; exit 3"] and job["code"] == 3
+
+
+def test_run_waits_out_a_full_daemon_and_then_runs(start_daemon: Callable[..., Daemon]) -> None:
+    daemon = start_daemon("--max-running", "1", "--max-queued", "0")
+    daemon.submit("sleep", "1")
+    run = client(daemon, "run", "--", "echo", "hi")
+    assert run.returncode == 0 and run.stdout == b"hi\n"
+    assert b"503 Service Unavailable: the queue is full" in run.stderr and b"retrying in 1 s (1 of 5)" in run.stderr
+    daemon.submit("sleep", "30")
+    refused = client(daemon, "--no-retry", "submit", "--", "echo", "hi")
+    assert refused.returncode == 205 and b"(retry after 1 s)" in refused.stderr and b"retrying" not in refused.stderr
