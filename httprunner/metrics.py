@@ -39,6 +39,13 @@ SPAWN_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 
+#: CPU seconds a job used: 1 ms (an echo) to 2 h (a long transcode)
+CPU_BUCKETS = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 7200.0,
+)  # fmt: skip
+#: peak resident set of a job, 1 MiB to 64 GiB in steps of 4x
+RSS_BUCKETS = tuple(float(1 << (20 + 2 * i)) for i in range(9))
+
 CALLBACK_OUTCOMES = ("delivered", "retry", "failed", "refused")
 STREAMS = ("stdout", "stderr")
 
@@ -183,6 +190,18 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=r,
         )
+        self.job_cpu = Histogram(
+            "httprunner_job_cpu_seconds",
+            "User + system CPU time of finished jobs (the process and the children it waited for).",
+            buckets=CPU_BUCKETS,
+            registry=r,
+        )
+        self.job_max_rss = Histogram(
+            "httprunner_job_max_rss_bytes",
+            "Peak resident set size of finished jobs, where known (above the daemon's own size).",
+            buckets=RSS_BUCKETS,
+            registry=r,
+        )
         output = Counter(
             "httprunner_job_output_bytes",
             "Bytes jobs wrote, by stream (counted when the job finishes, including dropped bytes).",
@@ -229,6 +248,10 @@ class Metrics:
         child.inc()
         if job.duration is not None:
             self.job_duration.observe(job.duration)
+        if job.cpu_seconds is not None:
+            self.job_cpu.observe(job.cpu_seconds)
+        if job.max_rss_bytes is not None:
+            self.job_max_rss.observe(job.max_rss_bytes)
         if job.stdout.total:
             self._stdout_bytes.inc(job.stdout.total)
         if job.stderr.total:

@@ -12,15 +12,19 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import resource
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
+from twisted.internet import process as twisted_process
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IDelayedCall, IProcessTransport, IReactorFDSet, IReactorTime
 from twisted.internet.process import Process
 from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
+from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 
 from httprunner.jobs import Job
@@ -52,10 +56,46 @@ class SessionProcess(Process):
 
     Both rely on two private methods of Twisted's ``Process``; the
     integration tests check on both paths that a job leads its session.
+
+    It also reaps its child with ``os.wait4`` instead of ``os.waitpid``
+    and keeps the resource usage (``rusage``: CPU time and peak RSS of the
+    child and of the children it waited for), which ``waitpid`` throws
+    away.  Twisted reaps in two places: ``reapProcess`` (on SIGCHLD, and
+    when the pipes close) and ``registerReapProcessHandler`` right after
+    the spawn, which reaps a child that already exited (a fifth of
+    ``/bin/true`` jobs on a busy machine); both go through :meth:`_wait4`.
+
+    Linux counts the spawning process's peak RSS in the child's
+    ``ru_maxrss``: ``exec`` records the resident size of the memory the
+    child leaves (the daemon's, shared with a vfork child or copied by a
+    fork).  ``spawner_rss_kib`` is that floor, read when spawning: a
+    ``ru_maxrss`` above it is the job's own peak, one at or below it only
+    says the job stayed under the daemon's size.
     """
 
+    #: the child's ``os.wait4`` resource usage once it is reaped
+    rusage: resource.struct_rusage | None = None
+    #: the daemon's peak RSS (KiB) when it spawned the child (see above)
+    spawner_rss_kib = 0
+
     # Twisted leaves these private methods unannotated; the types are what
-    # Process._fork passes (tests/test_private_api.py checks the signatures).
+    # Process.__init__ and Process._fork pass (tests/test_private_api.py
+    # checks the signatures).
+    def _fork(
+        self,
+        path: str | None,
+        uid: int | None,
+        gid: int | None,
+        executable: str,
+        args: list[str],
+        environment: Mapping[str, str],
+        **kwargs: Any,
+    ) -> None:
+        # Before spawning: the daemon's peak cannot grow while a vfork
+        # child runs, and a fork child starts from at most this size.
+        self.spawner_rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        super()._fork(path, uid, gid, executable, args, environment, **kwargs)
+
     def _trySpawnInsteadOfFork(
         self,
         path: str | None,
@@ -98,6 +138,69 @@ class SessionProcess(Process):
     ) -> None:
         os.setsid()
         super()._execChild(path, uid, gid, executable, args, environment)
+
+    def _wait4(self, pid: int) -> tuple[int, int] | None:
+        """``os.waitpid(pid, WNOHANG)`` as Twisted calls it, through
+        ``os.wait4``: ``(pid, status)`` once reaped (``rusage`` is then
+        set), None while the child runs.  Raises as ``waitpid`` would."""
+        reaped, status, rusage = os.wait4(pid, os.WNOHANG)
+        if not reaped:
+            return None
+        self.rusage = rusage
+        return reaped, status
+
+    def reapProcess(self) -> None:
+        """Twisted's ``_BaseProcess.reapProcess``, with :meth:`_wait4`."""
+        try:
+            try:
+                # self.pid is None once reaped, which raises as in Twisted
+                reaped = self._wait4(self.pid)  # type: ignore[arg-type]
+            except OSError as e:
+                if e.errno == errno.ECHILD:
+                    # no child process
+                    reaped = None
+                else:
+                    raise
+        except BaseException:
+            legacy_log.msg(f"Failed to reap {self.pid}:")
+            legacy_log.err()
+            reaped = None
+        if reaped:
+            pid, status = reaped
+            twisted_process.unregisterReapProcessHandler(pid, self)
+            self.processEnded(status)
+
+    def _register_reap(self, pid: int) -> None:
+        """Twisted's ``registerReapProcessHandler(pid, self)``, with :meth:`_wait4`."""
+        if pid in twisted_process.reapProcessHandlers:
+            raise RuntimeError("Try to register an already registered process.")
+        try:
+            reaped = self._wait4(pid)
+        except BaseException:
+            legacy_log.msg(f"Failed to reap {pid}:")
+            legacy_log.err()
+            reaped = None
+        if reaped:
+            self.processEnded(reaped[1])
+        else:
+            # the child runs: reapProcess will reap it
+            twisted_process.reapProcessHandlers[pid] = self
+
+
+_twisted_register_reap = twisted_process.registerReapProcessHandler
+
+
+def _register_reap_handler(pid: int, process: Any) -> None:
+    """What ``Process.__init__`` calls after a spawn: :class:`SessionProcess`
+    registers through wait4, any other process as Twisted does."""
+    if isinstance(process, SessionProcess):
+        process._register_reap(pid)
+    else:
+        _twisted_register_reap(pid, process)
+
+
+# Process.__init__ looks the function up in its module on every spawn.
+twisted_process.registerReapProcessHandler = _register_reap_handler
 
 
 def spawn_session(
@@ -189,6 +292,17 @@ class JobProcessProtocol(ProcessProtocol):
 
     log = Logger()
 
+    #: what the job's process cost, from ``wait4`` when it was reaped:
+    #: user + system CPU seconds of the process and of the children it
+    #: waited for; None until the process is reaped (and for a transport
+    #: that does not tell)
+    cpu_seconds: float | None = None
+    #: the peak resident set size in bytes of the process or of a child it
+    #: waited for, when it grew past the daemon's own peak RSS at the
+    #: spawn; None below that, where the kernel's figure is the daemon's
+    #: size, not the job's (see SessionProcess)
+    max_rss_bytes: int | None = None
+
     def __init__(
         self,
         job: Job,
@@ -243,6 +357,7 @@ class JobProcessProtocol(ProcessProtocol):
         return False
 
     def processExited(self, reason: Failure) -> None:
+        self._take_rusage()
         self._exit_status = _exit_status(reason)
         self._resume_all()
         if self.drain_timeout <= 0:
@@ -251,6 +366,7 @@ class JobProcessProtocol(ProcessProtocol):
             self._drain = self.clock.callLater(self.drain_timeout, self._close_pipes)
 
     def processEnded(self, reason: Failure) -> None:
+        self._take_rusage()
         # reason is a Failure even for exit 0; pass its value on.
         if self._exit_status is None:
             self._exit_status = _exit_status(reason)
@@ -284,6 +400,21 @@ class JobProcessProtocol(ProcessProtocol):
 
     def _pipe(self, fd: int) -> ProcessPipe | None:
         return cast(PipedProcessTransport, self._process()).pipes.get(fd)
+
+    def _take_rusage(self) -> None:
+        """Copy what the reaped process cost from the transport (a
+        :class:`SessionProcess`) before the runner hears of the exit."""
+        if self.cpu_seconds is not None:
+            return
+        rusage = getattr(self.transport, "rusage", None)
+        if rusage is None:
+            return
+        self.cpu_seconds = rusage.ru_utime + rusage.ru_stime
+        # KiB on Linux (bytes on macOS, which records no such floor)
+        if sys.platform == "darwin":
+            self.max_rss_bytes = rusage.ru_maxrss
+        elif rusage.ru_maxrss > getattr(self.transport, "spawner_rss_kib", 0):
+            self.max_rss_bytes = rusage.ru_maxrss * 1024
 
     def _throttle(self, fd: int) -> None:
         """Past the cap, drain the pipe at a bounded duty cycle.

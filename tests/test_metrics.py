@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from httprunner import jobs
 from httprunner.jobs import Job, JobSpec
@@ -155,6 +156,27 @@ def test_output_bytes_count_everything_written_per_stream_including_dropped(metr
     samples = scrape(metrics)
     assert value(samples, "httprunner_job_output_bytes_total", stream="stdout") == 5003
     assert value(samples, "httprunner_job_output_bytes_total", stream="stderr") == 2
+
+
+def costed(job_id: str, cpu_seconds: float | None, max_rss_bytes: int | None) -> Job:
+    job = make_job(job_id)
+    job.cpu_seconds = cpu_seconds
+    job.max_rss_bytes = max_rss_bytes
+    return finish(start(job, at=1.0), jobs.SUCCEEDED, duration=1.0)
+
+
+def test_what_finished_jobs_cost_is_observed_when_known(metrics: Metrics) -> None:
+    metrics.job_finished(costed("a" * 40, 0.002, None))  # peak unknown (under the daemon's)
+    metrics.job_finished(costed("b" * 40, 42.0, 300 << 20))
+    metrics.job_finished(costed("c" * 40, None, None))  # never ran
+    samples = scrape(metrics)
+    assert value(samples, "httprunner_job_cpu_seconds_count") == 2
+    assert value(samples, "httprunner_job_cpu_seconds_sum") == pytest.approx(42.002)
+    assert value(samples, "httprunner_job_cpu_seconds_bucket", le="0.005") == 1
+    assert value(samples, "httprunner_job_cpu_seconds_bucket", le="60.0") == 2
+    assert value(samples, "httprunner_job_max_rss_bytes_count") == 1
+    assert value(samples, "httprunner_job_max_rss_bytes_bucket", le=floatToGoString(256 << 20)) == 0
+    assert value(samples, "httprunner_job_max_rss_bytes_bucket", le=floatToGoString(1 << 30)) == 1
 
 
 def test_running_and_queued_gauges_read_the_runner_at_scrape_time(runner: FakeRunner, metrics: Metrics) -> None:

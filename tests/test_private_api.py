@@ -30,6 +30,15 @@ SIGNATURES = {
         "(self, path, uid, gid, executable, args, environment, kwargs)"
     ),
     "twisted.internet.process.Process._execChild": "(self, path, uid, gid, executable, args, environment)",
+    # process.SessionProcess reads the daemon's RSS before Process.__init__
+    # spawns through _fork, and reaps with wait4 in its own reapProcess and
+    # registration (Process.__init__ calls registerReapProcessHandler by its
+    # module-global name after the spawn; reapProcessHandlers is its table).
+    "twisted.internet.process.Process._fork": "(self, path, uid, gid, executable, args, environment, **kwargs)",
+    "twisted.internet.process._BaseProcess.reapProcess": "(self)",
+    # (Twisted's own registerReapProcessHandler, which process.py replaces)
+    "httprunner.process._twisted_register_reap": "(pid, process)",
+    "twisted.internet.process.unregisterReapProcessHandler": "(pid, process)",
     # guard._parse_listener binds --listen strings to Twisted's own endpoint
     # parsers, reading "port" and "interface" (and their defaults).
     "twisted.internet.endpoints._parse": "(description)",
@@ -47,6 +56,8 @@ ATTRIBUTES = {
     # tap.DaemonService clears it so a clean SIGTERM shutdown exits 0;
     # twisted.application.app reads it after the reactor stops.
     "twisted.internet.base.ReactorBase._exitSignal": "tap.py clears the signal twistd would re-raise",
+    # process.SessionProcess registers its children in Twisted's table.
+    "twisted.internet.process.reapProcessHandlers": "process.py registers reaped-with-wait4 children there",
     # site.HttpRunnerRequest.processingFailed: too late to answer?
     "twisted.web.http.Request._disconnected": "site.py checks whether the client is gone",
     # callbacks/transport.py gives the pool a factory that does not log two
@@ -128,3 +139,14 @@ def test_http_channel_state_that_site_reads() -> None:
     channel.dataReceived(b"Content-Length: 0\r\n\r\n")
     assert channel._handlingRequest is True
     channel.connectionLost(Failure(ConnectionDone()))
+
+
+def test_process_init_registers_through_the_module_function() -> None:
+    """Process.__init__ looks ``registerReapProcessHandler`` up in its
+    module on every spawn, so process.py's replacement is what it calls."""
+    from twisted.internet import process as twisted_process
+
+    from httprunner import process
+
+    assert "registerReapProcessHandler(self.pid, self)" in inspect.getsource(twisted_process.Process.__init__)
+    assert twisted_process.registerReapProcessHandler is process._register_reap_handler

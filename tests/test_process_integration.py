@@ -9,8 +9,10 @@ failures differently.  Liveness of leftover processes is read from
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from httprunner import jobs
 from httprunner.jobs import JobSpec
 from httprunner.policy import default_environment
+from httprunner.process import JobProcessProtocol, spawn_session
 from httprunner.runner import JobRunner, Settings
 from httprunner.store import ListQuery, MemoryJobStore
 
@@ -249,3 +252,56 @@ def test_jobs_inherit_no_descriptor_and_no_ignored_signal(runner: JobRunner, cwd
     ignored = int(sig_line.split()[1], 16)
     for signum in (signal.SIGPIPE, signal.SIGXFSZ):  # ignored by Python itself
         assert not ignored & (1 << (signum - 1)), "%s must not stay ignored in jobs" % signum.name
+
+
+# -- what a job cost (wait4) ---------------------------------------------------
+
+BURN_CPU = "import time\nstart = time.process_time()\nwhile time.process_time() - start < 0.25:\n    pass\n"
+#: allocates (and touches) 50 MB more than this test process's peak RSS:
+#: below that peak the kernel's figure is ours, not the job's
+ALLOCATE = "data = b'x' * ((%d << 10) + (50 << 20))\n"
+
+
+@pytest.fixture
+def recording_runner(warm_reactor: None) -> Iterator[tuple[JobRunner, list[JobProcessProtocol]]]:
+    """A runner that keeps every job's process protocol, to read its cost."""
+    protocols: list[JobProcessProtocol] = []
+
+    def spawn(protocol: JobProcessProtocol, executable: str, args: list[str], env: Any, path: Any) -> Any:
+        protocols.append(protocol)
+        return spawn_session(reactor, protocol, executable, args, env, path)
+
+    r = JobRunner(reactor=reactor, store=MemoryJobStore(1000), settings=Settings(max_running=64), spawn=spawn)
+    yield r, protocols
+    assert r.running_count == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_jobs_cpu_and_peak_memory_come_from_wait4(
+    recording_runner: tuple[JobRunner, list[JobProcessProtocol]], cwd: str | None
+) -> Any:
+    r, protocols = recording_runner
+    # sh runs python and waits for it: what its children cost counts too
+    script = '"$0" -c "$1"; true'
+    ours = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    yield run(r, SH, "-c", script, sys.executable, BURN_CPU, cwd=cwd)
+    yield run(r, SH, "-c", script, sys.executable, ALLOCATE % ours, cwd=cwd)
+    yield run(r, SH, "-c", "true", cwd=cwd)
+    burn, allocate, small = protocols
+    assert burn.cpu_seconds is not None and burn.cpu_seconds >= 0.1
+    assert allocate.max_rss_bytes is not None and allocate.max_rss_bytes >= (ours << 10) + (40 << 20)
+    assert small.cpu_seconds is not None and small.cpu_seconds < 0.1
+    # a job far smaller than the daemon: its peak is not known, never the daemon's
+    assert small.max_rss_bytes is None
+
+
+@pytest_twisted.inlineCallbacks
+def test_the_cost_is_known_even_for_jobs_that_exit_before_twisted_registers_them(
+    recording_runner: tuple[JobRunner, list[JobProcessProtocol]],
+) -> Any:
+    # Twisted's registerReapProcessHandler reaps a child that already
+    # exited (often /bin/true on a busy machine): that path keeps it too.
+    r, protocols = recording_runner
+    yield gatherResults([run(r, shutil.which("true") or "/bin/true") for _ in range(40)])
+    assert len(protocols) == 40
+    assert all(p.cpu_seconds is not None for p in protocols)
