@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
@@ -33,9 +34,21 @@ ExitStatus = ProcessDone | ProcessTerminated
 
 #: fcntl.F_SETPIPE_SZ (Linux); the throttled drain enlarges the pipe to this
 F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-#: the one read of a throttled pipe per tick: also the size its pipe is
-#: grown to, so a flooding job drains at about 20 MB/s for ~3% of a core
+
+# The drain of a stream past its cap (see JobProcessProtocol._drain_tick).
+#: one read: also the size the pipe is grown to (the most an unprivileged
+#: process may ask for by default, /proc/sys/fs/pipe-max-size)
 DRAIN_READ_SIZE = 1 << 20
+#: the most one tick reads, so that a tick never holds the reactor long
+DRAIN_TICK_BYTES = 8 << 20
+#: CPU seconds a stream past its cap may spend at full speed (about 200 MB
+#: on a current machine) before it is held to DRAIN_CPU_SHARE; the
+#: allowance comes back at that share while the job writes less
+DRAIN_BURST_CPU = 0.1
+#: the share of a core a stream that keeps flooding may cost after that
+DRAIN_CPU_SHARE = 0.02
+#: the shortest wait between two ticks while the writer keeps the pipe full
+DRAIN_MIN_INTERVAL = 0.001
 
 
 class SessionProcess(Process):
@@ -312,18 +325,22 @@ class JobProcessProtocol(ProcessProtocol):
         throttle_interval: float = 0.05,
         drain_timeout: float = 0.5,
         killpg: Callable[[int, int], None] = os.killpg,
+        cpu_clock: Callable[[], float] = time.thread_time,
     ) -> None:
         self.job = job
         self.events = events
         self.clock = clock
+        #: the longest wait between two drain ticks of a throttled stream
         self.throttle_interval = throttle_interval
         self.drain_timeout = drain_timeout
         self.killpg = killpg
+        #: the reactor thread's CPU time, which the drain budgets
+        self.cpu_clock = cpu_clock
         self.pid: int | None = None
         self._exit_status: ExitStatus | None = None
         self._drain: IDelayedCall | None = None
-        # fd -> the call that resumes reading a throttled pipe
-        self._throttled: dict[int, IDelayedCall] = {}
+        # fd -> the drain of a stream past its cap
+        self._throttled: dict[int, _Drain] = {}
 
     # -- Twisted's side ---------------------------------------------------
 
@@ -417,14 +434,11 @@ class JobProcessProtocol(ProcessProtocol):
             self.max_rss_bytes = rusage.ru_maxrss * 1024
 
     def _throttle(self, fd: int) -> None:
-        """Past the cap, drain the pipe at a bounded duty cycle.
+        """Past the cap, drain the pipe ourselves instead of Twisted's reader.
 
-        Twisted stops reading the pipe; every ``throttle_interval`` a tick
-        reads what the (enlarged) pipe holds, in one read.  A flooding job
-        blocks on its full pipe in between and costs the daemon one large
-        read per tick, while a job writing a few KB/s never fills its pipe
-        and is never slowed.
-        The tail stays within one pipe buffer of current.
+        Twisted stops reading the pipe (grown to DRAIN_READ_SIZE) and
+        :meth:`_drain_tick` reads it instead, in large reads, as often as
+        its CPU budget and the writer's pace call for.
         """
         if fd in self._throttled:
             return
@@ -437,32 +451,82 @@ class JobProcessProtocol(ProcessProtocol):
             fcntl.fcntl(pipe.fileno(), F_SETPIPE_SZ, DRAIN_READ_SIZE)
         except (OSError, AttributeError, ValueError):
             pass
-        self._throttled[fd] = self.clock.callLater(self.throttle_interval, self._drain_tick, fd)
+        drain = _Drain(self.clock.seconds())
+        self._throttled[fd] = drain
+        drain.call = self.clock.callLater(DRAIN_MIN_INTERVAL, self._drain_tick, fd)
 
     def _drain_tick(self, fd: int) -> None:
-        del self._throttled[fd]
+        """Read what a throttled pipe holds; schedule the next tick.
+
+        The drain follows the writer as long as its CPU budget lasts, and
+        costs a bounded share of a core when a job floods without end:
+
+        - each tick reads the pipe in DRAIN_READ_SIZE reads until it is
+          empty (or DRAIN_TICK_BYTES were read), and its CPU time is taken
+          from a budget that holds at most DRAIN_BURST_CPU seconds and
+          refills at DRAIN_CPU_SHARE of a core;
+        - a pipe found full means the writer was blocked on it: the next
+          tick comes after DRAIN_MIN_INTERVAL while the budget lasts, then
+          once the budget is back above zero (so a flood costs the share);
+        - a pipe found not full means the writer is slower than the drain
+          (never slowed): the wait doubles up to ``throttle_interval``,
+          which bounds how far the retained tail lags behind the job.
+        """
+        drain = self._throttled.get(fd)
+        if drain is None:
+            return
+        drain.call = None
         pipe = self._pipe(fd)
         if pipe is None:
+            del self._throttled[fd]
             return
-        try:
-            data = os.read(pipe.fileno(), DRAIN_READ_SIZE)
-        except BlockingIOError:
-            data = None
-        except OSError:
-            data = b""
-        if data == b"" or self._exit_status is not None:
+        now = self.clock.seconds()
+        drain.budget = min(DRAIN_BURST_CPU, drain.budget + (now - drain.refilled_at) * DRAIN_CPU_SHARE)
+        drain.refilled_at = now
+        started = self.cpu_clock()
+        fileno = pipe.fileno()
+        got = 0
+        full = False
+        ended = False
+        while got < DRAIN_TICK_BYTES:
+            try:
+                data = os.read(fileno, DRAIN_READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                ended = True
+                break
+            if not got and len(data) == DRAIN_READ_SIZE:
+                full = True
+            got += len(data)
+            self._collect(fd, data)
+            if self._throttled.get(fd) is not drain:
+                return  # a kill in _collect (--on-output-limit kill) resumed the pipe
+            if len(data) < DRAIN_READ_SIZE:
+                break
+        drain.budget -= self.cpu_clock() - started
+        if ended or self._exit_status is not None:
             # End of file, or the job exited: Twisted's reader takes over
             # (and sees the end of file, closing the pipe).
+            del self._throttled[fd]
             pipe.startReading()
+            return
+        if full:
+            drain.interval = DRAIN_MIN_INTERVAL
+            if drain.budget < 0:
+                delay = max(DRAIN_MIN_INTERVAL, -drain.budget / DRAIN_CPU_SHARE)
+            else:
+                delay = DRAIN_MIN_INTERVAL
         else:
-            self._throttled[fd] = self.clock.callLater(self.throttle_interval, self._drain_tick, fd)
-        if data:
-            self._collect(fd, data)
+            drain.interval = delay = min(self.throttle_interval, drain.interval * 2)
+        drain.call = self.clock.callLater(delay, self._drain_tick, fd)
 
     def _resume_all(self) -> None:
         """Hand every throttled pipe back to Twisted's reader."""
-        for fd, call in list(self._throttled.items()):
-            call.cancel()
+        for fd, drain in list(self._throttled.items()):
+            drain.cancel()
             del self._throttled[fd]
             pipe = self._pipe(fd)
             if pipe is not None:
@@ -482,8 +546,28 @@ class JobProcessProtocol(ProcessProtocol):
         if self._drain is not None:
             self._drain.cancel()
             self._drain = None
-        for call in self._throttled.values():
-            call.cancel()
+        for drain in self._throttled.values():
+            drain.cancel()
         self._throttled.clear()
         assert self._exit_status is not None
         self.events.process_ended(self.job, self._exit_status)
+
+
+class _Drain:
+    """The state of one stream drained past its cap."""
+
+    __slots__ = ("call", "budget", "refilled_at", "interval")
+
+    def __init__(self, now: float) -> None:
+        #: the next tick
+        self.call: IDelayedCall | None = None
+        #: CPU seconds the drain may still spend before it waits
+        self.budget = DRAIN_BURST_CPU
+        self.refilled_at = now
+        #: the wait after the last tick that found the pipe not full
+        self.interval = DRAIN_MIN_INTERVAL
+
+    def cancel(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+            self.call = None

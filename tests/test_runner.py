@@ -20,6 +20,7 @@ from zope.interface.verify import verifyObject
 
 from httprunner import jobs
 from httprunner.jobs import JobSpec
+from httprunner.process import DRAIN_MIN_INTERVAL
 from httprunner.runner import JobRunner, Settings, ShuttingDown, SpawnUnavailable
 from httprunner.store import MemoryJobStore, QueueFull
 
@@ -254,7 +255,7 @@ def test_running_jobs_are_never_evicted(program: str) -> None:
     assert [j.id for j in done if result_of(h.store.get(j.id))] == [done[-2].id, done[-1].id]
 
 
-def test_output_past_cap_is_drained_at_a_bounded_duty_cycle(program: str) -> None:
+def test_output_past_cap_is_drained_by_ticks_instead_of_twisteds_reader(program: str) -> None:
     h = Harness(program, max_output=100, throttle_interval=0.05)
     job = h.submit()
     t = h.transport(job)
@@ -263,11 +264,10 @@ def test_output_past_cap_is_drained_at_a_bounded_duty_cycle(program: str) -> Non
     t.proto.childDataReceived(1, b"y" * 60)
     assert job.stdout.dropped == 20 and not t.pipes[1].reading
     assert t.pipes[2].reading, "only the flooding stream is throttled"
-    # what the job writes meanwhile waits in the pipe until the next tick
+    # what the job writes meanwhile waits in the pipe until the drain's tick
     os.write(t.pipes[1].writer, b"z" * 5000)
-    h.reactor.advance(0.049)
     assert job.stdout.total == 120
-    h.reactor.advance(0.001)
+    h.reactor.advance(DRAIN_MIN_INTERVAL)
     assert job.stdout.total == 5120 and job.stdout.text().endswith("z" * 50)
     assert not t.pipes[1].reading
     # a kill hands the pipe back to Twisted first, or the job could never end
@@ -285,7 +285,7 @@ def test_throttled_pipe_at_end_of_file_is_handed_back(program: str) -> None:
     os.write(t.pipes[1].writer, b"tail")
     os.close(t.pipes[1].writer)
     t.pipes[1].writer = os.open(os.devnull, os.O_WRONLY)
-    h.reactor.advance(0.05)
+    h.reactor.advance(DRAIN_MIN_INTERVAL)
     assert job.stdout.text().endswith("xtail") and not t.pipes[1].reading
     h.reactor.advance(0.05)  # the next tick reads the end of file
     assert t.pipes[1].reading
