@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.testing import MemoryReactor
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -40,6 +40,7 @@ from httprunner.guard import (
     install_reload_on_sighup,
     refuse_anonymous_exposure,
 )
+from httprunner.logtext import speed_up_text_log
 from httprunner.metrics import Metrics
 from httprunner.policy import ConfigError, Policy
 from httprunner.runner import JobRunner, Settings
@@ -324,6 +325,9 @@ class DaemonService(MultiService):
     def startService(self) -> None:
         if os.getuid() == 0 and not self.allow_root:
             raise _refuse("refusing to run as root: use twistd --uid/--gid to drop privileges, or --allow-root")
+        # twistd began logging before starting us: its text log gets the
+        # same lines for a fraction of the CPU (see logtext).
+        speed_up_text_log(globalLogPublisher)
         for warning in self.warnings:
             log.warn("{warning}", warning=warning)
         try:
