@@ -124,7 +124,7 @@ class ClassicLogText:
         return line + "\n"
 
 
-def _text_observers(observer: ILogObserver) -> list[FileLogObserver]:
+def _text_observers(observer: ILogObserver | None) -> list[FileLogObserver]:
     """twistd's (or twist's) text file observers within ``observer``."""
     if isinstance(observer, FilteringLogObserver):
         # twist wraps its observer in a level filter

@@ -163,6 +163,8 @@ class _StreamTransport(Protocol):
 
     def getPeer(self) -> IAddress: ...
 
+    def getHost(self) -> IAddress: ...
+
 
 class HttpRunnerRequest(server.Request):
     """A request that never parses its body as a form and caps its size.
@@ -279,10 +281,30 @@ class HttpRunnerChannel(http.HTTPChannel):
     peer_text = "-"
     _deadline_call: IDelayedCall | None = None
     _linger_call: IDelayedCall | None = None
+    _peer: IAddress | None = None
+    _host: IAddress | None = None
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.peer_text = format_peer(self._stream().getPeer())
+        # twisted.web asks the transport for both addresses in every
+        # Request (the local one is a getsockname call) and Klein and the
+        # guard ask whether it is TLS: a connection's answers never change.
+        stream = self._stream()
+        self._peer = stream.getPeer()
+        self._host = stream.getHost()
+        self.peer_text = format_peer(self._peer)
+
+    def getPeer(self) -> IAddress:
+        return self._peer if self._peer is not None else self._stream().getPeer()
+
+    def getHost(self) -> IAddress:
+        return self._host if self._host is not None else self._stream().getHost()
+
+    def isSecure(self) -> bool:
+        if self._secure is None:
+            self._secure = bool(super().isSecure())
+        return self._secure
 
     def dataReceived(self, data: bytes) -> None:
         if self.refused:

@@ -150,3 +150,21 @@ def test_process_init_registers_through_the_module_function() -> None:
 
     assert "registerReapProcessHandler(self.pid, self)" in inspect.getsource(twisted_process.Process.__init__)
     assert twisted_process.registerReapProcessHandler is process._register_reap_handler
+
+
+def test_log_observer_state_that_logtext_reads() -> None:
+    """logtext.speed_up_text_log walks a LogPublisher's observers
+    (``_observers``), looks through twist's FilteringLogObserver
+    (``_observer``) and recognises twistd's text observer by the name of the
+    formatter closure ``textFileLogObserver`` gives its FileLogObserver (a
+    changed one is left alone: the log then costs what it did)."""
+    import io
+
+    from twisted.logger import FilteringLogObserver, LogPublisher, textFileLogObserver
+
+    from httprunner.logtext import TEXT_FORMATTER_NAME
+
+    text = textFileLogObserver(io.StringIO())
+    assert text.formatEvent.__qualname__ == TEXT_FORMATTER_NAME
+    assert FilteringLogObserver(text, [])._observer is text
+    assert LogPublisher(text)._observers == [text]
