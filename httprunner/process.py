@@ -224,8 +224,31 @@ def spawn_session(
     env: dict[str, str],
     path: str | None,
 ) -> IProcessTransport:
-    """Spawn ``executable`` as the leader of a new session (see SessionProcess)."""
-    return SessionProcess(reactor, executable, args, env, path, protocol)
+    """Spawn ``executable`` as the leader of a new session (see SessionProcess).
+
+    A job given no stdin text reads ``/dev/null``: end of file at once, as
+    from the closed pipe it would otherwise get, without creating that
+    pipe, its writer, its reactor registration and their teardown.
+    """
+    stdin: int | str = "w" if getattr(protocol, "wants_stdin", True) else _devnull()
+    return SessionProcess(reactor, executable, args, env, path, protocol, childFDs={0: stdin, 1: "r", 2: "r"})
+
+
+_DEVNULL: int | None = None
+
+
+def _devnull() -> int:
+    """A descriptor on /dev/null for the jobs' stdin, opened once (close-on-exec,
+    above 2 so that it never collides with a pipe mapped to 0-2)."""
+    global _DEVNULL
+    if _DEVNULL is None:
+        fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        if fd <= 2:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+            fd = high
+        _DEVNULL = fd
+    return _DEVNULL
 
 
 _IGNORED_SIGNALS: list[int] | None = None
@@ -344,6 +367,12 @@ class JobProcessProtocol(ProcessProtocol):
 
     # -- Twisted's side ---------------------------------------------------
 
+    @property
+    def wants_stdin(self) -> bool:
+        """Whether the job has stdin text to write (else it gets /dev/null)."""
+        launch = self.job.launch
+        return launch is not None and bool(launch.stdin)
+
     def connectionMade(self) -> None:
         # transport.pid is already None in processExited: keep it now.
         transport = self._process()
@@ -351,7 +380,8 @@ class JobProcessProtocol(ProcessProtocol):
         launch = self.job.launch
         if launch is not None and launch.stdin:
             transport.write(launch.stdin)
-        # A job that reads stdin sees EOF instead of hanging.
+        # A job that reads stdin sees EOF instead of hanging (a no-op when
+        # its stdin is /dev/null).
         transport.closeStdin()
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
