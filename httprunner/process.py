@@ -1,10 +1,12 @@
 """The ProcessProtocol collector of one job: pipes -> buffers, exit -> status.
 
-It owns everything that touches the running process: writing and closing
-stdin, collecting both streams into the job's capped buffers, throttling a
-stream that floods past its cap, signalling the job's process group, and
-ending the job when its main process exits (plus a bounded drain).  It
-reports to the runner through the small :class:`ProcessEvents` protocol.
+It owns everything that touches the running process: spawning it as a
+session leader, writing and closing stdin, collecting both streams into the
+job's capped buffers, draining a stream that floods past its cap at a
+bounded cost, signalling the job's process group, ending the job when its
+main process exits (plus a bounded drain), and keeping what the process
+cost (``wait4``).  It reports to the runner through the small
+:class:`ProcessEvents` protocol.
 """
 
 from __future__ import annotations

@@ -127,11 +127,14 @@ def test_multibyte_text_survives_pipe_reads(runner: JobRunner, tmp_path: Path) -
 
 
 @pytest_twisted.inlineCallbacks
-def test_stdin_is_eof_or_the_given_text(runner: JobRunner) -> Any:
-    empty = yield run(runner, "cat")
+def test_stdin_is_eof_or_the_given_text(runner: JobRunner, cwd: str | None) -> Any:
+    empty = yield run(runner, "cat", cwd=cwd)
     assert (empty.state, empty.stdout.text()) == (jobs.SUCCEEDED, "")
-    fed = yield run(runner, "cat", stdin=b"line 1\nline 2\n")
+    fed = yield run(runner, "cat", stdin=b"line 1\nline 2\n", cwd=cwd)
     assert fed.stdout.text() == "line 1\nline 2\n"
+    # without stdin text, stdin is /dev/null (end of file, nothing to write to)
+    devnull = yield run(runner, SH, "-c", "readlink /proc/self/fd/0", cwd=cwd)
+    assert devnull.stdout.text() == "/dev/null\n"
 
 
 @pytest_twisted.inlineCallbacks
