@@ -14,7 +14,7 @@ import json
 import sys
 
 #: metrics where a smaller number is better
-LOWER_IS_BETTER = ("_ms", "_bytes", "_mib", "_percent", "_slowdown", "cpu_ms")
+LOWER_IS_BETTER = ("_ms", "_bytes", "_mib", "_percent", "_slowdown", "cpu_ms", "_seconds")
 
 
 def lower_is_better(key: str) -> bool:
@@ -23,8 +23,18 @@ def lower_is_better(key: str) -> bool:
 
 def compare(before: dict, after: dict) -> str:
     lines = [
-        "before: commit %s (%s)" % (before["machine"].get("commit"), before["machine"].get("uncommitted_changes", "?")),
-        "after:  commit %s (%s)" % (after["machine"].get("commit"), after["machine"].get("uncommitted_changes", "?")),
+        "before: commit %s (%s), daemons from %s"
+        % (
+            before["machine"].get("commit"),
+            before["machine"].get("uncommitted_changes", "?"),
+            before["machine"].get("daemon_pythonpath", "?"),
+        ),
+        "after:  commit %s (%s), daemons from %s"
+        % (
+            after["machine"].get("commit"),
+            after["machine"].get("uncommitted_changes", "?"),
+            after["machine"].get("daemon_pythonpath", "?"),
+        ),
         "",
         "%-44s %12s %12s %9s  %s" % ("metric (medians)", "before", "after", "change", "verdict"),
     ]

@@ -863,6 +863,7 @@ def machine_facts(opts: argparse.Namespace) -> dict[str, Any]:
         "max_output": opts.max_output,
         "poll_interval_s": opts.poll_interval,
         "daemon_args": opts.daemon_arg,
+        "daemon_pythonpath": opts.pythonpath or "(installed)",
         "variants": {name: extra for name, extra in opts.variants},
     }
     try:
