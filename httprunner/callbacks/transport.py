@@ -64,7 +64,6 @@ if TYPE_CHECKING:
 POOL_IDLE_SECONDS = 2
 
 
-
 class _QuietClientFactory(_HTTP11ClientFactory):
     """Twisted's client factory logs "Starting/Stopping factory" at info for
     every connection: two lines per callback attempt in the daemon's log."""
@@ -74,6 +73,7 @@ class _QuietClientFactory(_HTTP11ClientFactory):
 
 class _QuietPool(HTTPConnectionPool):
     _factory = _QuietClientFactory
+
 
 class EndpointFactory(TypingProtocol):
     """Makes the plain TCP endpoint for one checked address (injected in tests)."""
