@@ -605,7 +605,10 @@ class JobRunner(Service):
         def canceled(ended: Job | None) -> tuple[bool, Job]:
             if ended is None:
                 return True, job
-            # Canceled in the queue by this node: it records and calls back.
+            # Canceled in the queue by this node: it is the node that
+            # recorded the terminal state, so it counts it and calls back.
+            for observer in self.observers:
+                observer.job_finished(ended)
             self._recorded(True, ended, None)
             return True, ended
 
