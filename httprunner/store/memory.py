@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 from httprunner.jobs import Job
 from httprunner.store.base import ListQuery, NodeView, Recovery, StoreCounts, UnknownCursor
@@ -87,7 +87,11 @@ class MemoryJobStore:
         return succeed(self._jobs.get(job_id))
 
     def list(self, query: ListQuery) -> Deferred[list[Job]]:
-        return succeed(list(itertools.islice(self._matching(query), query.limit)))
+        try:
+            return succeed(list(itertools.islice(self._matching(query), query.limit)))
+        except UnknownCursor as e:
+            # A Deferred that fails, as every store answers: never a raise.
+            return fail(e)
 
     def _matching(self, query: ListQuery) -> Iterator[Job]:
         jobs: Iterator[Job] = reversed(self._jobs.values())
