@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from httprunner.jobs import Job
+from httprunner.jobs import QUEUED, Job
 from httprunner.output import OutputBuffer, OutputCounts
 
 #: what a lost job's ``err`` says (DESIGN §9)
@@ -132,10 +132,14 @@ def job_from_row(row: Any, max_output: int, delivery_factory: Any) -> Job:
         head = _optional(row, name + "_head")
         tail = _optional(row, name + "_tail")
         total = row[name + "_total"]
-        if head is None:
+        if job.state == QUEUED:
+            # A queued job is yet to run (after a restart, or claimed in a
+            # cluster): it needs buffers that take its output.
+            buffer: OutputBuffer = OutputBuffer(max_output)
+        elif head is None:
             # No output columns: an empty buffer that still shows how much
             # was written and dropped.
-            buffer: OutputBuffer = OutputCounts(max_output, total, total - row[name + "_kept"])
+            buffer = OutputCounts(max_output, total, total - row[name + "_kept"])
         else:
             buffer = OutputBuffer.restore(max_output, bytes(head), bytes(tail or b""), total)
         setattr(job, name, buffer)
