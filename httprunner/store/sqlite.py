@@ -214,14 +214,9 @@ class SQLiteJobStore:
         return connection
 
     def _prepare(self, c: sqlite3.Connection) -> None:
-        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if mode != "wal":
-            raise StoreError("%s: cannot switch the file to WAL mode (got %s)" % (self.path, mode))
-        c.execute("PRAGMA synchronous = FULL")
-        c.execute("PRAGMA secure_delete = ON")
-        check = c.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise StoreError("%s: the job store is damaged (%s); restore it from a backup" % (self.path, check))
+        # Whose file is it?  Asked before anything is written to it: a
+        # refusal must leave someone else's database (or a newer schema)
+        # exactly as it was, not even switched to WAL mode.
         version = c.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
@@ -230,6 +225,17 @@ class SQLiteJobStore:
             )
         if version == 0 and c.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
             raise StoreError("%s: this SQLite file is not an httprunner job store" % self.path)
+        check = c.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            # SQLite's report spans lines; the refusal is one line.
+            raise StoreError(
+                "%s: the job store is damaged (%s); restore it from a backup" % (self.path, " ".join(check.split()))
+            )
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError("%s: cannot switch the file to WAL mode (got %s)" % (self.path, mode))
+        c.execute("PRAGMA synchronous = FULL")
+        c.execute("PRAGMA secure_delete = ON")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             c.executescript("BEGIN IMMEDIATE;" + MIGRATIONS[target] + "PRAGMA user_version = %d; COMMIT;" % target)
             self.log.info("job store {path} migrated to schema {version}", path=self.path, version=target)
