@@ -36,6 +36,12 @@ from httprunner.store.base import JobStore, QueueFull, Recovery, Stored, Unknown
 
 #: how often a long-poll or a follower of a job on another node asks the store
 REMOTE_POLL = 0.5
+
+#: how long a shutdown waits for the store to record the jobs' final states
+#: (normally milliseconds; a state recorded later is still written when the
+#: store closes, and its callback then resumes at the next start)
+RECORD_GRACE = 2.0
+
 #: errors of a momentarily exhausted machine: worth a retry, so 503
 EXHAUSTION_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM})
 
@@ -743,7 +749,29 @@ class JobRunner(Service):
 
     def _settled(self) -> Deferred[None]:
         waiting = list(self._recording)
-        return DeferredList(waiting, consumeErrors=True).addCallback(lambda _: None)
+        if not waiting:
+            return succeed(None)
+        # Bounded: a store that refuses writes (disk full) retries them
+        # for ever, and a daemon asked to stop must stop.  The store logs
+        # what it could not record when it closes.
+        settled: Deferred[None] = Deferred()
+
+        def done(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not settled.called:
+                settled.callback(None)
+
+        def give_up() -> None:
+            self.log.warn(
+                "shutting down: the store has not recorded {count} final states yet; not waiting longer",
+                count=len(self._recording),
+            )
+            settled.callback(None)
+
+        timer = self.reactor.callLater(RECORD_GRACE, give_up)
+        DeferredList(waiting, consumeErrors=True).addBoth(done)
+        return settled
 
 
 class _RunningJob:

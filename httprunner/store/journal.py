@@ -109,8 +109,15 @@ class Journal:
         return deferToThreadPool(self.reactor, self._pool, lambda: run(self._connection()))
 
     def drain(self) -> Deferred[None]:
-        """Fires once every write handed over so far is in (or dropped)."""
-        d: Deferred[None] = Deferred()
+        """Fires once every write handed over so far is in (or dropped);
+        may be canceled (a timeout)."""
+
+        def forget(d: Deferred[None]) -> None:
+            # Canceled (a bounded wait gave up): never fire it later.
+            if d in self._idle_waiters:
+                self._idle_waiters.remove(d)
+
+        d: Deferred[None] = Deferred(forget)
         if not self._pending and not self._busy:
             d.callback(None)
         else:

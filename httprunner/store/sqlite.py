@@ -105,6 +105,8 @@ MIGRATIONS: dict[int, str] = {
 
 #: a TRUNCATE checkpoint follows the deletion of a request this soon
 CHECKPOINT_DELAY = 1.0
+#: how long closing waits for writes the database refuses (disk full)
+CLOSE_GRACE = 5.0
 
 _SUMMARY = ", ".join(SUMMARY_COLUMNS)
 _FULL = _SUMMARY + ", " + ", ".join(OUTPUT_COLUMNS)
@@ -154,6 +156,7 @@ class SQLiteJobStore:
         self._finished_count = 0
         self._checkpoint: IDelayedCall | None = None
         self._secrets_deleted = False
+        self._checkpoint_failing = False
 
     # -- opening ----------------------------------------------------------
 
@@ -290,9 +293,12 @@ class SQLiteJobStore:
         if self._checkpoint is not None and self._checkpoint.active():
             self._checkpoint.cancel()
         self._checkpoint = None
-        d = journal.drain()
+        # Bounded: while the disk is full nothing can be written, and a
+        # daemon asked to stop must stop.  What is left is logged below;
+        # a job whose end was not recorded is declared lost at the next start.
+        d = journal.drain().addTimeout(CLOSE_GRACE, self.reactor).addErrback(lambda f: None)
         if self._secrets_deleted:
-            d.addCallback(lambda _: journal.call(_truncate_wal))
+            d.addCallback(lambda _: None if journal.backlog else journal.call(_truncate_wal))
             d.addErrback(lambda f: None)
 
         def closed(result: object) -> None:
@@ -480,13 +486,20 @@ class SQLiteJobStore:
         self._secrets_deleted = False
 
         def done(busy: Any) -> None:
+            self._checkpoint_failing = False
             if busy:
                 # A reader held an old snapshot: try again shortly.
                 self._schedule_checkpoint()
 
         def failed(failure: Any) -> None:
             self._schedule_checkpoint()
-            self.log.warn("job store {path}: WAL checkpoint failed: {error}", path=self.path, error=failure.value)
+            if not self._checkpoint_failing:
+                # Once until it works again: retried every second, and the
+                # log is likely on the disk that is full.
+                self._checkpoint_failing = True
+                self.log.warn(
+                    "job store {path}: WAL checkpoint failed: {error}; retrying", path=self.path, error=failure.value
+                )
 
         journal.call(_truncate_wal).addCallbacks(done, failed)
 
