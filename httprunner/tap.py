@@ -28,7 +28,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
-from httprunner import __version__
+from httprunner import __version__, jobs
 from httprunner.api import JobAPI, Limits
 from httprunner.callbacks import CallbackDelivery, CallbackGuard, CallbackOnFinish, Notifier, load_callback_secret
 from httprunner.cluster import ClusterNode
@@ -520,6 +520,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     def open_store() -> None:
         recovery = store.open()
         runner.recover(recovery, api.admission.respec)
+        if recovery.lost:
+            # Declared lost by this start: counted as finished "lost", so
+            # that an alert on the counter sees the crash.
+            metrics.jobs_finished.labels(jobs.LOST).inc(len(recovery.lost))
         for job in recovery.deliveries:
             outbox.resume(job)
 
