@@ -414,17 +414,25 @@ class Server:
     def cancel(self, job_id: str) -> Response:
         return self.request("DELETE", f"/{job_id}")
 
-    def jobs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    def jobs(
+        self, state: str | None = None, limit: int | None = None, before: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of ``GET /jobs``: the jobs and the cursor of the next page."""
         query: dict[str, Any] = {}
         if state:
             query["state"] = state
         if limit is not None:
             query["limit"] = limit
+        if before is not None:
+            query["before"] = before
         body = self.request("GET", "/jobs", query).json()
         if not isinstance(body, dict) or not isinstance(body.get("jobs"), list):
             raise ClientError('the server\'s job list is not {"jobs": [...]}')
         jobs: list[dict[str, Any]] = body["jobs"]
-        return jobs
+        following = body.get("next")
+        if following is not None and not isinstance(following, str):
+            raise ClientError('the server\'s "next" cursor is not a job id')
+        return jobs, following
 
 
 def _seconds(value: float) -> str:
@@ -1028,8 +1036,34 @@ def cmd_cancel(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: the most jobs one ``GET /jobs`` page may hold (the server's ceiling)
+LIST_PAGE_MAX = 1000
+
+
+def list_jobs(
+    server: Server, state: str | None, limit: int | None, before: str | None, everything: bool
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first: ``limit`` jobs (or every job), page after page.
+
+    Follows the server's ``next`` cursor until enough jobs arrived or there
+    are no more; returns them and the cursor that continues the listing
+    (``list --before``), None at its end.  Without ``limit`` and
+    ``everything``, one page of the server's default size.
+    """
+    if limit is None and not everything:
+        return server.jobs(state, None, before)
+    found: list[dict[str, Any]] = []
+    cursor = before
+    while True:
+        wanted = LIST_PAGE_MAX if limit is None else min(limit - len(found), LIST_PAGE_MAX)
+        page, cursor = server.jobs(state, wanted, cursor)
+        found.extend(page)
+        if cursor is None or not page or (limit is not None and len(found) >= limit):
+            return found, cursor
+
+
 def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
-    jobs = ctx.server.jobs(args.state, args.limit)
+    jobs, following = list_jobs(ctx.server, args.state, args.limit, args.before, args.all)
     if _human(args, ctx):
         rows = [("ID", "STATE", "CODE", "CREATED", "COMMAND")]
         for job in jobs:
@@ -1049,8 +1083,10 @@ def cmd_list(ctx: Context, args: argparse.Namespace) -> int:
             "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)) + "  " + row[4] + "\n"
             for row in rows
         )
+        if following is not None:
+            ctx.console.message(f"more jobs: list --before {following}")
     else:
-        text = json.dumps({"jobs": jobs}, ensure_ascii=False) + "\n"
+        text = json.dumps({"jobs": jobs, "next": following}, ensure_ascii=False) + "\n"
     ctx.out.write(text.encode("utf-8", "replace"))
     ctx.out.flush()
     return EXIT_OK
@@ -1181,7 +1217,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = commands.add_parser("list", parents=[connection], help="list jobs, newest first")
     jobs.add_argument("--state", metavar="S", help="only jobs in state S (queued, running, succeeded, ...)")
-    jobs.add_argument("--limit", type=_positive_int, metavar="N", help="at most N jobs (server default 100)")
+    how_many = jobs.add_mutually_exclusive_group()
+    how_many.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="at most N jobs, fetched page by page (default: 100)"
+    )
+    how_many.add_argument("--all", action="store_true", help="every job the server keeps, page by page")
+    jobs.add_argument(
+        "--before", type=_job_id, metavar="ID", help="only jobs submitted before job ID (continues a listing)"
+    )
     output_format(jobs)
     jobs.set_defaults(handler=cmd_list)
     return parser

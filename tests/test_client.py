@@ -96,6 +96,8 @@ class FakeDaemon:
         #: called in a thread with each new job; the default finishes "echo" jobs
         self.script: Callable[[FakeJob, FakeDaemon], None] = echo_script
         self.cancels: list[str] = []
+        #: the most jobs one page of GET /jobs holds (the real server: 1000)
+        self.page_cap = 1000
         self.http: ThreadingHTTPServer | None = None
 
     @property
@@ -216,8 +218,14 @@ class Handler(BaseHTTPRequestHandler):
         if self._failure(kind):
             return
         if kind == "jobs":
+            # newest first, from after ``before``, at most ``limit`` (100) and
+            # the page cap; ``next`` when more follow
             jobs = [j.view() for j in reversed(list(self.daemon.jobs.values()))]
-            self._json(200, {"jobs": jobs})
+            if "before" in query:
+                jobs = jobs[[j["id"] for j in jobs].index(query["before"][0]) + 1 :]
+            size = min(int(query.get("limit", ["100"])[0]), self.daemon.page_cap)
+            page = jobs[:size]
+            self._json(200, {"jobs": page, "next": page[-1]["id"] if len(jobs) > size else None})
             return
         if job is None:
             self._json(404, {"message": "Not Found", "error": "unknown job (or evicted)"})
@@ -762,12 +770,40 @@ def test_list_passes_filters_and_prints_json_or_a_table(fake: FakeDaemon) -> Non
     first, second = finished_job(fake, 0), finished_job(fake, 2)
     result = cli(fake, "list", "--state", "failed", "--limit", "5")
     assert result.code == 0
-    assert [j["id"] for j in json.loads(result.out)["jobs"]] == [second.id, first.id]
+    assert json.loads(result.out) == {"jobs": [second.view(), first.view()], "next": None}
     assert fake.requests[-1][1] == "/jobs?state=failed&limit=5"
     table = cli(fake, "list", "--summary").out.decode().splitlines()
     assert table[0].split() == ["ID", "STATE", "CODE", "CREATED", "COMMAND"]
     assert table[1].split()[:3] == [second.id, "failed", "2"]
     assert table[1].endswith("prog a 'b c'")
+
+
+def test_list_follows_the_next_cursor_page_after_page(fake: FakeDaemon) -> None:
+    made = [finished_job(fake, 0) for _ in range(7)]
+    newest_first = [j.id for j in reversed(made)]
+    fake.page_cap = 2  # a server whose pages are smaller than asked
+    result = cli(fake, "list", "--limit", "5")
+    listed = json.loads(result.out)
+    assert [j["id"] for j in listed["jobs"]] == newest_first[:5] and listed["next"] == newest_first[4]
+    asked = [path for _, path, _ in fake.requests if path.startswith("/jobs")]
+    assert asked == [
+        "/jobs?limit=5",
+        "/jobs?limit=3&before=" + newest_first[1],
+        "/jobs?limit=1&before=" + newest_first[3],
+    ]
+    rest = json.loads(cli(fake, "list", "--all", "--before", listed["next"]).out)
+    assert [j["id"] for j in rest["jobs"]] == newest_first[5:] and rest["next"] is None
+    everything = json.loads(cli(fake, "list", "--all").out)
+    assert [j["id"] for j in everything["jobs"]] == newest_first
+
+
+def test_list_without_a_limit_is_one_page_and_says_how_to_go_on(fake: FakeDaemon) -> None:
+    made = [finished_job(fake, 0) for _ in range(3)]
+    fake.page_cap = 2
+    table = cli(fake, "list", "--summary")
+    assert [line.split()[0] for line in table.out.decode().splitlines()[1:]] == [made[2].id, made[1].id]
+    assert table.err_text == "httprunner-client: more jobs: list --before %s\n" % made[1].id
+    assert cli(fake, "list", "--all", "--limit", "3").code == 200  # one or the other
 
 
 # -- progress line -----------------------------------------------------------

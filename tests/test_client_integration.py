@@ -194,7 +194,7 @@ def test_submit_wait_status_logs_list(httprunner_daemon: Daemon) -> None:
 
     listed = json.loads(client(httprunner_daemon, "list", "--state", "failed", "--limit", "5").stdout)
     assert [j["id"] for j in listed["jobs"]] == [job_id]
-    assert json.loads(client(httprunner_daemon, "list", "--state", "succeeded").stdout) == {"jobs": []}
+    assert json.loads(client(httprunner_daemon, "list", "--state", "succeeded").stdout) == {"jobs": [], "next": None}
 
 
 def test_logs_follow_prints_until_the_job_ends(httprunner_daemon: Daemon) -> None:
