@@ -235,8 +235,10 @@ class JobRunner(Service):
         if not self._accepting:
             # The daemon began to stop while the store committed: the job
             # is recorded, so it ends like the queue does: canceled, or
-            # (durable store) queued for the next start.
-            if self.store.durable:
+            # (durable store) queued for the next start.  One the store
+            # recorded as starting is canceled too: left "running", the
+            # next start would declare it lost though it never ran.
+            if self.store.durable and not can_start:
                 del self._active[job.id]
             else:
                 self._end_unstarted(job, "CANCELED", "the daemon shut down before it started")

@@ -13,6 +13,7 @@ import signal
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import IProcessTransport, IReactorProcess
 from twisted.python.failure import Failure
@@ -369,3 +370,55 @@ def test_job_events_carry_stable_fields_and_cannot_be_forged(program: str) -> No
     for event in (started, ended, failed):
         text = formatEvent(event)
         assert "\n" not in text and "\x1b" not in text
+
+
+class CommitLaterStore(MemoryJobStore):
+    """The memory store made durable, whose admissions commit when the test
+    says so (as the SQLite store's writer thread does, a moment later)."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        #: hold admissions until the test fires them
+        self.hold = False
+        self.commits: list[tuple[bool, Deferred[None]]] = []
+
+    def admit(self, job: jobs.Job, starting: bool = False) -> Deferred[None]:
+        done = super().admit(job, starting)
+        if not self.hold:
+            return done
+        d: Deferred[None] = Deferred()
+        self.commits.append((starting, d))
+        return d
+
+
+@pytest.mark.parametrize("starting", [True, False])
+def test_a_job_whose_admission_commits_while_a_durable_daemon_stops(program: str, starting: bool) -> None:
+    """A job recorded as starting must not be left "running" (the next start
+    would declare it lost though it never ran): it ends canceled. A job
+    recorded queued stays queued for the next start."""
+    h = Harness(program, max_running=1)
+    h.runner.store = h.store = store = CommitLaterStore()
+    h.runner.startService()
+    if not starting:
+        h.submit()  # takes the only slot
+    store.hold = True
+    spec = JobSpec(command="prog", arguments=[], program=program, args=(), env={"PATH": "/usr/bin"})
+    submitted = h.runner.submit(spec)
+    assert [s for s, _ in store.commits] == [starting]
+    stopping = h.runner.stopService()
+    store.commits[0][1].callback(None)
+    job = result_of(submitted)
+    assert job.pid is None and len(h.reactor.spawned) == (0 if starting else 1)
+    if starting:
+        assert job.state == jobs.CANCELED and job.err == {
+            "code": "CANCELED",
+            "message": "the daemon shut down before it started",
+        }
+        assert result_of(store.get(job.id)) is job and job.finished_at is not None
+    else:
+        assert job.state == jobs.QUEUED and job.finished_at is None
+    for transport in h.reactor.spawned:
+        h.exit(transport.proto.job, sig=signal.SIGTERM)
+    assert stopping.called
