@@ -172,6 +172,26 @@ def test_a_recovered_queued_job_is_killed_at_the_output_limit(
     assert ended["state"] == "failed" and ended["err"]["code"] == "OUTPUT_LIMIT"
 
 
+def test_a_queued_job_the_new_policy_refuses_ends_spawn_failed_after_the_restart(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    daemon = sqlite_daemon(start_daemon, db, "--max-running", "1", "--whitelist", "sleep,echo", "--allow-env", "WHO")
+    daemon.submit("sleep", "60")
+    dropped_command = daemon.submit("echo", "no longer allowed")
+    dropped_env = daemon.submit("sleep", "0", env={"WHO": "me"})
+    still_fine = daemon.submit("sleep", "0")
+    assert daemon.stop() == 0
+
+    daemon = sqlite_daemon(start_daemon, db, "--max-running", "1", "--whitelist", "sleep")
+    for job in (dropped_command, dropped_env):
+        refused = daemon.wait(job["id"])
+        assert (refused["state"], refused["code"], refused["err"]["code"]) == ("spawn_failed", 126, "FORBIDDEN")
+        assert "may no longer run after the restart" in refused["err"]["message"]
+        assert refused["pid"] is None and refused["started_at"] is None
+    assert daemon.wait(still_fine["id"])["state"] == "succeeded"
+
+
 GRANDCHILD_IGNORING_TERM = """\
 trap '' TERM
 sleep 300 &
