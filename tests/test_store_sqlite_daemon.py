@@ -469,12 +469,34 @@ def test_a_jobs_environment_and_stdin_are_gone_from_the_file_once_it_started(
     job = daemon.submit("wc", "-c", env={"API_TOKEN": env_secret}, stdin=stdin_secret)
     assert job["state"] == "queued"
     assert _in_files(db, needles), "positive control: a waiting job's request is on disk"
+    # The blocker's start set off a checkpoint: the request moves from the
+    # WAL into the database file itself, where deleting it must zero it.
+    poll(lambda: "jobs.sqlite3" in _in_files(db, needles), what="the request to reach the database file")
     assert daemon.api("DELETE", "/" + blocker["id"])[0] == 202
     assert daemon.wait(job["id"])["stdout"].strip() == str(len(stdin_secret))
     poll(lambda: not _in_files(db, needles), what="the secrets to leave the database and its WAL")
     # and they stay gone after a restart
     daemon.stop()
     assert not _in_files(db, needles)
+
+
+def test_secrets_left_in_the_wal_by_a_crash_are_gone_after_the_restart(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    options = ("--max-running", "1", "--allow-env", "API_TOKEN")
+    daemon = sqlite_daemon(start_daemon, db, *options)
+    secret = "env-secret-" + secrets.token_hex(16)
+    blocker = daemon.submit("sleep", "60")
+    job = daemon.submit("sleep", "60", env={"API_TOKEN": secret})
+    assert daemon.api("DELETE", "/" + blocker["id"])[0] == 202
+    wait_until_recorded_running(db, job["id"])
+    # killed before the checkpoint that follows a start: the WAL still holds it
+    kill9(daemon)
+    assert _in_files(db, [secret.encode()]) == ["jobs.sqlite3-wal"]
+    daemon = sqlite_daemon(start_daemon, db, *options)  # (it also ends the lost job's process)
+    poll(lambda: not _in_files(db, [secret.encode()]), what="the secret to leave the WAL")
+    assert get(daemon, job["id"])["state"] == "lost"
 
 
 # -- disk full ----------------------------------------------------------------------------

@@ -167,6 +167,9 @@ class SQLiteJobStore:
             self._writer = self._connect()
             self._prepare(self._writer)
             recovery = self._recover(self._writer)
+            # A crash may have left deleted requests (secrets) in the WAL,
+            # before the checkpoint that follows a deletion: empty it now.
+            _truncate_wal(self._writer)
             self._reader = self._connect()
             self._reader.execute("PRAGMA query_only = ON")
         except sqlite3.DatabaseError as e:
