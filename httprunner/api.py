@@ -306,6 +306,16 @@ class JobAPI:
             message = error.description or error.name
         return json_error(request, status, message)
 
+    @app.handle_errors(StoreUnavailable)
+    def store_unavailable(self, request: IRequest, failure: Failure) -> bytes:
+        # A read the store could not answer (I/O error, damaged file): the
+        # store's trouble, not a bug here; registered before the catch-all.
+        self.log.error(
+            "answering {method} {path}: {error}", method=request.method, path=request.path, error=failure.value
+        )
+        request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)
+        return json_error(request, 503, str(failure.value))
+
     @app.handle_errors(Exception)
     def internal_error(self, request: IRequest, failure: Failure) -> bytes:
         self.log.failure("internal error answering {method} {path}", failure, method=request.method, path=request.path)

@@ -443,6 +443,30 @@ def test_a_path_that_is_a_directory_refuses_to_start(tmp_path: Path) -> None:
     assert_one_line_refusal(*refusal(tmp_path, db), str(db), "cannot open the job store")
 
 
+def test_a_store_that_cannot_be_read_answers_503_not_500(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    daemon = sqlite_daemon(start_daemon, db)
+    done = [daemon.wait(daemon.submit("seq", "300")["id"]) for _ in range(20)]
+    poll(lambda: recorded(db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == [(20,)], what="the results")
+    daemon.wait(daemon.submit("true")["id"])  # its start set off a checkpoint: all of it in the file now
+    poll(lambda: not db.with_name(db.name + "-wal").stat().st_size, what="the checkpoint")
+    # The disk goes bad under the daemon: every page after the first is noise.
+    data = bytearray(db.read_bytes())
+    data[4096:] = os.urandom(len(data) - 4096)
+    with open(db, "r+b") as f:
+        f.write(bytes(data))
+
+    def answers() -> list[int]:
+        return [daemon.request("GET", path)[0] for path in ("/" + done[0]["id"], "/jobs")]
+
+    assert set(poll(lambda: set(answers()) - {200} and answers(), what="a failed read")) == {503}
+    status, headers, body = daemon.request("GET", "/jobs")
+    error = json.loads(body)
+    assert status == 503 and headers["Retry-After"].isdigit()
+    assert error["message"] == "Service Unavailable" and "cannot be read" in error["error"]
+    assert "Traceback" not in daemon.log_text()
+
+
 # -- secrets do not stay on disk ------------------------------------------------------
 
 
