@@ -153,6 +153,14 @@ def test_sigterm_keeps_history_and_the_queue_and_cancels_the_running_job(
     assert ran[0]["stdout_bytes"] == 3893 and ran[0]["stdout_dropped"] == 3793
     assert "[... 3793 bytes dropped ...]" in ran[0]["stdout"]
     assert ran[1]["stdout"] == "hello from the queue\nfed\n"  # env and stdin kept for the run
+    # the output as the store keeps it: an offset in the dropped middle
+    # resumes at the first retained byte after it
+    written = "".join("%d\n" % i for i in range(1, 1001)).encode()
+    poll(lambda: stored_state(db, queued[0]["id"]) == "succeeded", what="the result on disk")
+    status, headers, body = daemon.request("GET", "/%s/stdout?offset=60" % queued[0]["id"])
+    assert (status, headers["X-Output-Offset"], body) == (200, str(len(written) - 50), written[-50:])
+    status, headers, body = daemon.request("GET", "/%s/stdout?offset=7" % queued[0]["id"])
+    assert (headers["X-Output-Offset"], body) == ("7", written[7:50])
     listed = {j["id"]: j for j in daemon.api("GET", "/jobs")[1]["jobs"]}
     assert listed[queued[0]["id"]]["stdout_dropped"] == 3793
     assert set(listed) == {done["id"], running["id"], *(j["id"] for j in queued)}
