@@ -419,6 +419,19 @@ def test_a_damaged_store_refuses_to_start(start_daemon: Callable[..., Daemon], t
     assert "damaged" in output or "malformed" in output or "cannot use this file" in output
 
 
+def test_a_job_row_altered_beyond_reading_refuses_to_start(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    db = tmp_path / "jobs.sqlite3"
+    daemon = sqlite_daemon(start_daemon, db, "--max-running", "1")
+    daemon.submit("sleep", "60")
+    queued = daemon.submit("echo", "waiting")
+    assert daemon.stop() == 0
+    connection = sqlite3.connect(db)
+    connection.execute("UPDATE jobs SET arguments = 'not json' WHERE id = ?", (queued["id"],))
+    connection.commit()
+    connection.close()
+    assert_one_line_refusal(*refusal(tmp_path, db), str(db), "damaged job")
+
+
 def test_a_newer_schema_refuses_to_start_and_is_left_as_it_is(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:

@@ -176,6 +176,14 @@ class SQLiteJobStore:
             self._close_connections()
             self._unlock()
             raise StoreError("%s: cannot use this file as a job store: %s" % (self.path, e)) from None
+        except ValueError as e:
+            # A row the recovery cannot read back (its JSON or delivery
+            # record was altered): refuse in one line, like a damaged file.
+            self._close_connections()
+            self._unlock()
+            raise StoreError(
+                "%s: the job store holds a damaged job (%s); restore it from a backup" % (self.path, e)
+            ) from None
         except StoreError:
             self._close_connections()
             self._unlock()
