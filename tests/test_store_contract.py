@@ -8,12 +8,20 @@ so the tests run on the real reactor (pytest-twisted).  Durable stores
 are also closed and opened again on the same data, as after a restart.
 
 **Adding a store** (the PostgreSQL store is next): write a ``Place`` class
-like :class:`SQLitePlace` below (where one test's store lives: ``open()``
-returns an opened store on the same data every time, ``fresh()`` a new
-empty place, ``durable`` says whether data survives ``close()``; call
-``pytest.skip`` in ``__init__`` when the store cannot run here, e.g. no
-server), and add it to ``PLACES``.  Every test here, the hypothesis state
-machine included, then runs on it.
+like :class:`SQLitePlace` below and add it to ``PLACES``.  A place is where
+one test's store lives:
+
+- ``open(max_finished)`` returns an opened store on the place's data (the
+  same data every call: closing and opening again is a restart) and keeps
+  the ``Recovery`` it returned in ``recovery``;
+- ``fresh()`` returns a new, empty place sharing ``opened`` (every store
+  opened, closed after the test);
+- ``durable`` says whether data survives ``close()`` (the restart tests
+  run only on durable stores);
+- the class method ``unavailable()`` returns why the store cannot run here
+  (no server, no driver), or None: its tests then skip with that reason.
+
+Every test here, the hypothesis state machine included, then runs on it.
 """
 
 from __future__ import annotations
@@ -61,6 +69,10 @@ class MemoryPlace:
     name = "memory"
     durable = False
 
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None
+
     def __init__(self, directory: Path, opened: list[JobStore] | None = None) -> None:
         self.directory = directory
         #: every store opened here and in fresh places, closed after the test
@@ -83,6 +95,10 @@ class SQLitePlace:
 
     name = "sqlite"
     durable = True
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return None
 
     def __init__(self, directory: Path, opened: list[JobStore] | None = None) -> None:
         self.directory = directory
@@ -108,27 +124,33 @@ class SQLitePlace:
         return SQLitePlace(self.directory, self.opened)
 
 
-PLACES: dict[str, Callable[[Path], Any]] = {
+PLACES: dict[str, Any] = {
     "memory": MemoryPlace,
     "sqlite": SQLitePlace,
 }
 
 
-@pytest.fixture(params=sorted(PLACES))
-def place(request: Any, tmp_path: Path) -> Iterator[Any]:
-    """Where this test's store lives; every store opened there is closed after."""
-    where = PLACES[request.param](tmp_path)
+def _place(name: str, tmp_path: Path) -> Iterator[Any]:
+    """Where one test's store lives; every store opened there is closed after."""
+    reason = PLACES[name].unavailable()
+    if reason is not None:
+        pytest.skip("the %s store cannot run here: %s" % (name, reason))
+    where = PLACES[name](tmp_path)
     yield where
     for store in where.opened:
         # Closing a closed store is harmless: a test may have closed it.
         pytest_twisted.blockon(store.close())
 
 
-@pytest.fixture
-def durable_place(place: Any) -> Any:
-    if not place.durable:
-        pytest.skip("the %s store keeps nothing across a restart" % place.name)
-    return place
+@pytest.fixture(params=sorted(PLACES))
+def place(request: Any, tmp_path: Path) -> Iterator[Any]:
+    yield from _place(request.param, tmp_path)
+
+
+@pytest.fixture(params=sorted(name for name, kind in PLACES.items() if kind.durable))
+def durable_place(request: Any, tmp_path: Path) -> Iterator[Any]:
+    """A store whose data survives a restart."""
+    yield from _place(request.param, tmp_path)
 
 
 # -- driving a store as the runner does ---------------------------------------
@@ -704,10 +726,20 @@ class RetentionModel(RuleBasedStateMachine):
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _skip_unavailable(self: Any) -> None:
+    reason = self.place_class.unavailable()
+    if reason is not None:
+        self.skipTest("the %s store cannot run here: %s" % (self.place_class.name, reason))
+
+
 # One unittest case per store (see RetentionModel): pytest collects them by name.
 for _name, _place_class in PLACES.items():
     _machine = type("RetentionModel_" + _name, (RetentionModel,), {"place_class": _place_class})
-    _case = type("TestRetentionAndPagingAgreeWithAModel_" + _name, (_machine.TestCase,), {})
+    _case = type(
+        "TestRetentionAndPagingAgreeWithAModel_" + _name,
+        (_machine.TestCase,),
+        {"setUp": _skip_unavailable, "place_class": _place_class},
+    )
     _case.settings = settings(max_examples=12, stateful_step_count=20, deadline=None)
     globals()[_case.__name__] = _case
 del _name, _place_class, _machine, _case
