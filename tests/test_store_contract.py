@@ -593,7 +593,8 @@ async def test_a_restart_declares_running_jobs_lost(durable_place: Any) -> None:
         assert found.finished_at is not None and found.finished_at >= before - 1
     assert [j.id for j in recovery.deliveries] == [hooked.id]
     assert recovery.deliveries[0].callback_delivery.to_json() == CallbackDelivery().to_json()
-    assert (await store.get(plain.id)).to_json().get("callback_delivery") is None  # type: ignore[union-attr]
+    found = await store.get(plain.id)
+    assert found is not None and "callback_delivery" not in found.to_json()
 
 
 @pytest_twisted.ensureDeferred
@@ -692,8 +693,9 @@ class RetentionModel(RuleBasedStateMachine):
     @rule(keep=st.integers(min_value=0, max_value=3))
     def prune(self, keep: int) -> None:
         # evict every finished job but the newest ``keep``
-        cut = self.finished[-keep].finished_at if 0 < keep <= len(self.finished) else self.clock + 1
-        expected = [j for j in self.finished if j.finished_at < cut]
+        kept = self.finished[-keep].finished_at if 0 < keep <= len(self.finished) else None
+        cut = self.clock + 1 if kept is None else kept
+        expected = [j for j in self.finished if j.finished_at is not None and j.finished_at < cut]
         assert self._block(self.store.prune(cut)) == len(expected)
         for job in expected:
             self.finished.remove(job)
@@ -734,8 +736,8 @@ def _skip_unavailable(self: Any) -> None:
 
 # One unittest case per store (see RetentionModel): pytest collects them by name.
 for _name, _place_class in PLACES.items():
-    _machine = type("RetentionModel_" + _name, (RetentionModel,), {"place_class": _place_class})
-    _case = type(
+    _machine: Any = type("RetentionModel_" + _name, (RetentionModel,), {"place_class": _place_class})
+    _case: Any = type(
         "TestRetentionAndPagingAgreeWithAModel_" + _name,
         (_machine.TestCase,),
         {"setUp": _skip_unavailable, "place_class": _place_class},

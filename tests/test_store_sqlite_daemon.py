@@ -735,7 +735,7 @@ def test_paging_a_long_history_with_before_and_the_client(start_daemon: Callable
         if cursor is None:
             break
     assert seen == ids[::-1], "every job once, newest first"
-    failed = []
+    failed: list[str] = []
     cursor = None
     while True:
         status, page = daemon.api("GET", "/jobs?state=failed&limit=30" + ("&before=" + cursor if cursor else ""))
