@@ -266,6 +266,7 @@ class PostgresJobStore:
         self._local = threading.local()
         self._listener: _Listener | None = None
         self._unsaved: dict[str, list[Any]] = {}
+        self._reader_connections: list[Any] = []
         #: called on the reactor thread with each notification's channel
         self.on_notify: Callable[[str, str], None] = lambda channel, payload: None
         #: the state /healthz and /metrics show
@@ -296,6 +297,8 @@ class PostgresJobStore:
         c = getattr(self._local, "connection", None)
         if c is None or c.closed or c.broken:
             c = self._local.connection = self.connect()
+            # kept to be closed with the store (a thread-local one is not)
+            self._reader_connections.append(c)
         return c
 
     def channel(self, what: str) -> str:
@@ -461,6 +464,17 @@ class PostgresJobStore:
             if self._listener is not None:
                 self._listener.stop()
             self._readers.stop()
+            # The threads are gone: their connections (and the writer's)
+            # would otherwise stay open on the server until this process
+            # exits, one more at every close and reopen.
+            for connection in [self._writer, *self._reader_connections]:
+                if connection is not None:
+                    try:
+                        connection.close()
+                    except Exception:
+                        pass
+            self._writer = None
+            self._reader_connections.clear()
             self.connected = False
 
         return drained.addBoth(closed)
