@@ -19,7 +19,9 @@ one test's store lives:
 - ``durable`` says whether data survives ``close()`` (the restart tests
   run only on durable stores);
 - the class method ``unavailable()`` returns why the store cannot run here
-  (no server, no driver), or None: its tests then skip with that reason.
+  (no server, no driver), or None: its tests then skip with that reason;
+- an optional ``cleanup()`` removes what the place left behind once its
+  stores are closed (a database schema, say).
 
 Every test here, the hypothesis state machine included, then runs on it.
 """
@@ -140,6 +142,7 @@ def _place(name: str, tmp_path: Path) -> Iterator[Any]:
     for store in where.opened:
         # Closing a closed store is harmless: a test may have closed it.
         pytest_twisted.blockon(store.close())
+    getattr(where, "cleanup", lambda: None)()
 
 
 @pytest.fixture(params=sorted(PLACES))
@@ -726,6 +729,7 @@ class RetentionModel(RuleBasedStateMachine):
             self._block(self.store.close())
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+            getattr(self.place, "cleanup", lambda: None)()
 
 
 def _skip_unavailable(self: Any) -> None:
