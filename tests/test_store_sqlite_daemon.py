@@ -218,6 +218,8 @@ def test_sigkill_running_jobs_become_lost_their_processes_die_and_the_queue_runs
     stubborn = daemon.submit("sh", str(script))
     plain = daemon.submit("sleep", "300")
     queued = [daemon.submit("echo", "after", str(i)) for i in range(3)]
+    # a 202 is sent once the job is committed: it is in the file already
+    assert [stored_state(db, j["id"]) for j in (plain, *queued)] == ["running", "queued", "queued", "queued"]
     grandchild = int(poll(lambda: get(daemon, stubborn["id"])["stdout"].strip(), what="the grandchild's pid"))
     wait_until_recorded_running(db, stubborn["id"], plain["id"])
     before = time.time()
