@@ -158,7 +158,7 @@ class JobRunner(Service):
         self._accepting = True
         self._all_ended: list[Deferred[None]] = []
         #: terminal states the store has not confirmed yet
-        self._recording: set[Deferred[bool]] = set()
+        self._recording: set[Deferred[Any]] = set()
         #: KILLs due to the process groups of jobs lost in a crash
         self._orphan_kills: dict[int, IDelayedCall] = {}
         #: a cluster store keeps the queue itself (shared by every node)
@@ -579,9 +579,39 @@ class JobRunner(Service):
             assert job.launch is not None
             if self._has_slot(job.launch.rule, job.launch.rule_limit):
                 self._queue.remove(job)
-                self._start(job)
-                if job.finished:
-                    self._after_finish(job)
+                if self.store.durable:
+                    self._begin_start(job)
+                else:
+                    self._start(job)
+                    if job.finished:
+                        self._after_finish(job)
+
+    def _begin_start(self, job: Job) -> None:
+        """Start a queued job of a durable store once the store records
+        that it is starting: a crash after the spawn must leave it lost,
+        never queued to run a second time."""
+        assert job.launch is not None
+        rule = job.launch.rule
+        self._reserved_slots += 1
+        self._per_rule[rule] = self._per_rule.get(rule, 0) + 1
+        marked = self.store.starting(job)
+        self._recording.add(marked)
+        marked.addBoth(self._marked_starting, job, rule, marked)
+
+    def _marked_starting(self, result: object, job: Job, rule: str, marked: Deferred[None]) -> None:
+        self._recording.discard(marked)
+        self._reserved_slots -= 1
+        self._per_rule[rule] -= 1
+        if job.finished:
+            return  # canceled meanwhile
+        if not self._accepting:
+            # The daemon is stopping: the job waits for the next start.
+            self.store.requeue(job)
+            self._active.pop(job.id, None)
+            return
+        self._start(job)
+        if job.finished:
+            self._after_finish(job)
 
     # -- control ------------------------------------------------------
 

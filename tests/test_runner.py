@@ -422,3 +422,67 @@ def test_a_job_whose_admission_commits_while_a_durable_daemon_stops(program: str
     for transport in h.reactor.spawned:
         h.exit(transport.proto.job, sig=signal.SIGTERM)
     assert stopping.called
+
+
+class SlowDurableStore(MemoryJobStore):
+    """A durable store whose 'starting' records are committed by hand."""
+
+    durable = True
+
+    def __init__(self) -> None:
+        super().__init__(100)
+        self.marking: list[tuple[str, Any]] = []
+        self.requeued: list[str] = []
+
+    def starting(self, job: jobs.Job) -> Any:
+        from twisted.internet.defer import Deferred
+
+        d: Deferred[None] = Deferred()
+        self.marking.append((job.id, d))
+        return d
+
+    def requeue(self, job: jobs.Job) -> None:
+        self.requeued.append(job.id)
+
+
+def durable_harness(program: str) -> Harness:
+    h = Harness(program, max_running=1)
+    h.store = h.runner.store = SlowDurableStore()  # type: ignore[misc]
+    return h
+
+
+def test_a_queued_job_of_a_durable_store_spawns_only_once_its_start_is_recorded(program: str) -> None:
+    # A crash after the spawn must leave the job lost, never queued to run
+    # a second time: the store records "starting" first.
+    h = durable_harness(program)
+    first = h.submit()
+    queued = h.submit()
+    h.exit(first)
+    assert queued.state == jobs.QUEUED and len(h.reactor.spawned) == 1
+    job_id, recorded = h.store.marking[0]
+    assert job_id == queued.id
+    assert h.submit().state == jobs.QUEUED  # the slot is held meanwhile
+    recorded.callback(None)
+    assert queued.state == jobs.RUNNING and len(h.reactor.spawned) == 2
+
+
+def test_a_job_canceled_while_its_start_is_recorded_never_spawns(program: str) -> None:
+    h = durable_harness(program)
+    first = h.submit()
+    queued = h.submit()
+    h.exit(first)
+    assert h.runner.cancel(queued) is True
+    h.store.marking[0][1].callback(None)
+    assert queued.state == jobs.CANCELED and len(h.reactor.spawned) == 1
+
+
+def test_a_daemon_stopping_while_a_start_is_recorded_puts_the_job_back_in_the_queue(program: str) -> None:
+    h = durable_harness(program)
+    first = h.submit()
+    queued = h.submit()
+    h.exit(first)
+    stopped = h.runner.stopService()
+    h.store.marking[0][1].callback(None)
+    result_of(stopped)
+    assert h.store.requeued == [queued.id] and len(h.reactor.spawned) == 1
+    assert queued.state == jobs.QUEUED

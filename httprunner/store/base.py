@@ -133,6 +133,13 @@ class JobStore(Protocol):
         leaves it lost instead of queued to run a second time.
         """
 
+    def starting(self, job: Job) -> Deferred[None]:
+        """A durable store: record that a queued job is about to be spawned
+        (fires once recorded; the runner spawns then)."""
+
+    def requeue(self, job: Job) -> None:
+        """A durable store: undo ``starting`` (the daemon stopped first)."""
+
     def started(self, job: Job) -> None:
         """Record that ``job`` runs; forget its request (env, stdin)."""
 

@@ -57,6 +57,12 @@ class MemoryJobStore:
         self._jobs[job.id] = job
         return succeed(None)
 
+    def starting(self, job: Job) -> Deferred[None]:
+        return succeed(None)
+
+    def requeue(self, job: Job) -> None:
+        pass
+
     def started(self, job: Job) -> None:
         pass
 

@@ -619,6 +619,12 @@ class PostgresJobStore:
         self._write(None, run, required=False)
         self.notify("queued", "")
 
+    def starting(self, job: Job) -> Deferred[None]:
+        raise NotImplementedError("a cluster's queue is shared: claims mark jobs running")
+
+    def requeue(self, job: Job) -> None:
+        raise NotImplementedError("a cluster's queue is shared: release() puts a claim back")
+
     def started(self, job: Job) -> None:
         identity = job.identity
         args = {

@@ -29,6 +29,7 @@ import json
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -103,6 +104,9 @@ MIGRATIONS: dict[int, str] = {
     """,
 }
 
+#: finished jobs answered from memory (see SQLiteJobStore._recent)
+RECENT_JOBS = 256
+RECENT_BYTES = 16 << 20
 #: a TRUNCATE checkpoint follows the deletion of a request this soon
 CHECKPOINT_DELAY = 1.0
 #: how long closing waits for writes the database refuses (disk full)
@@ -152,6 +156,14 @@ class SQLiteJobStore:
         self._journal: Journal | None = None
         #: jobs with writes not in yet, answered from memory: id -> (job, writes)
         self._unsaved: dict[str, list[Any]] = {}
+        #: jobs whose request (environment, stdin) is on disk: only a job
+        #: that waits in the queue needs it kept
+        self._with_request: set[str] = set()
+        #: recently finished jobs, answered from memory (a client polls a
+        #: job right after it ends, a callback's record changes then):
+        #: bounded in count and in retained output bytes
+        self._recent: OrderedDict[str, Job] = OrderedDict()
+        self._recent_bytes = 0
         #: finished jobs in the file (the writer thread's count)
         self._finished_count = 0
         self._checkpoint: IDelayedCall | None = None
@@ -167,6 +179,7 @@ class SQLiteJobStore:
             self._writer = self._connect()
             self._prepare(self._writer)
             recovery = self._recover(self._writer)
+            self._with_request = {stored.job.id for stored in recovery.queued if stored.request is not None}
             # A crash may have left deleted requests (secrets) in the WAL,
             # before the checkpoint that follows a deletion: empty it now.
             _truncate_wal(self._writer)
@@ -372,24 +385,55 @@ class SQLiteJobStore:
 
     def admit(self, job: Job, starting: bool = False) -> Deferred[None]:
         values = job_values(job)
+        request: str | None = None
         if starting:
             # Recorded as running from the start: a crash between the spawn
             # and the next commit leaves it lost, never queued to run twice.
+            # So its request is never needed again: it is not written.
             values["state"] = jobs.RUNNING
-        assert job.launch is not None
-        request = json.dumps(request_record(job.launch), ensure_ascii=False)
+        else:
+            assert job.launch is not None
+            request = json.dumps(request_record(job.launch), ensure_ascii=False)
+            self._with_request.add(job.id)
         columns = ", ".join(values)
         marks = ", ".join("?" * len(values))
 
         def run(c: sqlite3.Connection) -> int:
             cursor = c.execute("INSERT INTO jobs (%s) VALUES (%s)" % (columns, marks), tuple(values.values()))
-            c.execute("INSERT INTO requests (job_id, request) VALUES (?, ?)", (job.id, request))
+            if request is not None:
+                c.execute("INSERT INTO requests (job_id, request) VALUES (?, ?)", (job.id, request))
             return int(cursor.lastrowid or 0)
 
         def admitted(seq: int) -> None:
             job.seq = seq
 
-        return self._write(job, run, required=True).addCallback(admitted)
+        def refused(failure: Any) -> Any:
+            self._with_request.discard(job.id)
+            return failure
+
+        return self._write(job, run, required=True).addCallbacks(admitted, refused)
+
+    def starting(self, job: Job) -> Deferred[None]:
+        """Record that a queued job is about to be spawned (its request is
+        still needed: it is deleted by ``started``)."""
+        job_id = job.id
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE jobs SET state = ? WHERE id = ? AND state = ?", (jobs.RUNNING, job_id, jobs.QUEUED))
+
+        return self._write(job, run, required=False)
+
+    def requeue(self, job: Job) -> None:
+        """Undo ``starting``: the daemon stopped before the spawn."""
+        job_id = job.id
+
+        def run(c: sqlite3.Connection) -> None:
+            c.execute(
+                "UPDATE jobs SET state = ? WHERE id = ? AND state = ? AND pid IS NULL",
+                (jobs.QUEUED, job_id, jobs.RUNNING),
+            )
+
+        self._write(job, run, required=False)
 
     def started(self, job: Job) -> None:
         identity = job.identity
@@ -402,6 +446,7 @@ class SQLiteJobStore:
             None if identity is None else identity[1],
             job.id,
         )
+        had_request = self._took_request(job.id)
 
         def run(c: sqlite3.Connection) -> None:
             c.execute(
@@ -409,7 +454,8 @@ class SQLiteJobStore:
                 " WHERE id = ?",
                 values,
             )
-            self._forget_request(c, values[-1])
+            if had_request:
+                self._forget_request(c, values[-1])
 
         self._write(job, run, required=False)
 
@@ -417,18 +463,48 @@ class SQLiteJobStore:
         values = job_values(job)
         job_id = values.pop("id")
         assignments = ", ".join("%s = ?" % name for name in values)
+        had_request = self._took_request(job_id)
+        self._remember(job)
 
         def run(c: sqlite3.Connection) -> bool:
             cursor = c.execute(
                 "UPDATE jobs SET %s WHERE id = ? AND finished_at IS NULL" % assignments, (*values.values(), job_id)
             )
-            self._forget_request(c, job_id)
+            if had_request:
+                self._forget_request(c, job_id)
             if cursor.rowcount:
                 self._finished_count += 1
                 self._evict(c)
             return True
 
         return self._write(job, run, required=False)
+
+    def _took_request(self, job_id: str) -> bool:
+        """True (once) if the job's request is on disk, to be deleted."""
+        if job_id in self._with_request:
+            self._with_request.discard(job_id)
+            return True
+        return False
+
+    def _remember(self, job: Job) -> None:
+        """Keep a finished job in the small cache of recent ones."""
+        size = job.stdout.total - job.stdout.dropped + job.stderr.total - job.stderr.dropped
+        if size > RECENT_BYTES // 4:
+            return
+        self._forget_recent(job.id)
+        self._recent[job.id] = job
+        self._recent_bytes += size
+        while len(self._recent) > RECENT_JOBS or self._recent_bytes > RECENT_BYTES:
+            self._forget_recent(next(iter(self._recent)))
+
+    def _forget_recent(self, job_id: str) -> None:
+        job = self._recent.pop(job_id, None)
+        if job is not None:
+            self._recent_bytes -= job.stdout.total - job.stdout.dropped + job.stderr.total - job.stderr.dropped
+
+    def _evicted(self, ids: list[str]) -> None:
+        for job_id in ids:
+            self._forget_recent(job_id)
 
     def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
         values = (record["state"], record["attempts"], record["last_status"], record["last_error"], job_id)
@@ -452,17 +528,28 @@ class SQLiteJobStore:
         raise NotImplementedError("not a cluster")
 
     def forget(self, job: Job) -> None:
+        had_request = self._took_request(job.id)
+        self._forget_recent(job.id)
+
         def run(c: sqlite3.Connection) -> None:
             c.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
-            self._forget_request(c, job.id)
+            if had_request:
+                self._forget_request(c, job.id)
 
         self._write(job, run, required=False).addBoth(lambda _: self._unsaved.pop(job.id, None))
 
     def prune(self, before: float) -> Deferred[int]:
         def run(c: sqlite3.Connection) -> int:
-            cursor = c.execute("DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ?", (before,))
-            self._finished_count -= cursor.rowcount
-            return cursor.rowcount
+            ids = [
+                row[0]
+                for row in c.execute(
+                    "DELETE FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? RETURNING id", (before,)
+                )
+            ]
+            self._finished_count -= len(ids)
+            if ids:
+                self.reactor.callFromThread(self._evicted, ids)
+            return len(ids)
 
         return self._write(None, run, required=True)
 
@@ -475,12 +562,17 @@ class SQLiteJobStore:
     def _evict(self, c: sqlite3.Connection) -> None:
         excess = self._finished_count - self.max_finished
         if excess > 0:
-            cursor = c.execute(
-                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL"
-                " ORDER BY finished_at, seq LIMIT ?)",
-                (excess,),
-            )
-            self._finished_count -= cursor.rowcount
+            ids = [
+                row[0]
+                for row in c.execute(
+                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs WHERE finished_at IS NOT NULL"
+                    " ORDER BY finished_at, seq LIMIT ?) RETURNING id",
+                    (excess,),
+                )
+            ]
+            self._finished_count -= len(ids)
+            if ids and self._journal is not None:
+                self.reactor.callFromThread(self._evicted, ids)
 
     # -- the WAL after secrets were deleted ---------------------------------
 
@@ -527,6 +619,9 @@ class SQLiteJobStore:
         entry = self._unsaved.get(job_id)
         if entry is not None:
             return succeed(entry[0])
+        recent = self._recent.get(job_id)
+        if recent is not None:
+            return succeed(recent)
         try:
             rows = self._read("SELECT %s FROM jobs WHERE id = ?" % _FULL, (job_id,))
         except StoreUnavailable as e:
