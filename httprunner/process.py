@@ -367,6 +367,11 @@ class JobProcessProtocol(ProcessProtocol):
         # fd -> the drain of a stream past its cap
         self._throttled: dict[int, _Drain] = {}
 
+    @property
+    def reaped(self) -> bool:
+        """True once the main process was reaped: its pid may be reused."""
+        return self._exit_status is not None
+
     # -- Twisted's side ---------------------------------------------------
 
     @property

@@ -418,15 +418,13 @@ class JobRunner(Service):
         job.pid = protocol.pid
         job.node = self.node_name
         job.started_at = self.walltime()
-        if self.store.durable and job.pid is not None:
-            job.identity = orphans.identity(job.pid)
         running = _RunningJob(job, protocol, started)
         self._running[job.id] = running
         self._per_rule[launch.rule] = self._per_rule.get(launch.rule, 0) + 1
         if job.timeout is not None:
             running.deadline = started + job.timeout
             self._schedule_deadline(running)
-        self.store.started(job)
+        self.store.started(job, functools.partial(self._identify, running))
         self.log.info(
             "job {job_id} started: {argv} (pid {pid})",
             job_id=job.id,
@@ -436,6 +434,18 @@ class JobRunner(Service):
         )
         for observer in self.observers:
             observer.job_started(job, spawn_seconds)
+
+    def _identify(self, running: _RunningJob) -> orphans.Identity | None:
+        """What proves, after a crash, that the job's pid is still its
+        process (see orphans.py).  A durable store asks for it a few
+        milliseconds after the spawn, as it records the start: reading
+        ``/proc`` at once waits for the child's exec to finish."""
+        job = running.job
+        if job.pid is None or running.protocol.reaped:
+            return None  # the pid may already name another process
+        if job.identity is None:
+            job.identity = orphans.identity(job.pid)
+        return job.identity
 
     def _spawn_failed(self, job: Job, errname: str, message: str) -> None:
         job.state = jobs.SPAWN_FAILED

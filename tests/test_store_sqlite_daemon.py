@@ -349,7 +349,10 @@ def test_pending_and_lost_job_callbacks_are_delivered_after_sigterm_and_sigkill(
     wait_until_recorded_running(db, running["id"])
     kill9(daemon)
     made = recorded(db, "SELECT delivery_attempts FROM jobs WHERE id = ?", job["id"])[0][0]
-    assert made == len(receiver.for_job(job["id"]))
+    # At least once: an attempt made in the last few milliseconds before the
+    # SIGKILL may have reached the receiver without its record reaching disk.
+    unrecorded = len(receiver.for_job(job["id"])) - made
+    assert unrecorded in (0, 1)
 
     # the receiver comes back; the next start delivers both
     receiver.up = True
@@ -358,7 +361,7 @@ def test_pending_and_lost_job_callbacks_are_delivered_after_sigterm_and_sigkill(
     record = get(daemon, job["id"])["callback_delivery"]
     assert record["attempts"] == made + 1 and record["last_status"] == 200
     sent = receiver.for_job(job["id"])
-    assert len(sent) == made + 1
+    assert len(sent) == made + 1 + unrecorded
     assert len({body for _, body in sent}) == 1, "every attempt sends the same bytes, restarts included"
     for headers, body in sent:
         assert headers["webhook-id"] == job["id"]
@@ -563,11 +566,15 @@ def test_secrets_left_in_the_wal_by_a_crash_are_gone_after_the_restart(
     start_daemon: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     db = tmp_path / "jobs.sqlite3"
-    options = ("--allow-env", "API_TOKEN")
+    options = ("--allow-env", "API_TOKEN", "--max-running", "1")
     daemon = sqlite_daemon(start_daemon, db, *options)
     secret = ("env-secret-" + secrets.token_hex(16)).encode()
     for _ in range(3):
+        # Only a job that waits has its request written: queue it behind a
+        # short one.
+        daemon.submit("sleep", "0.2")
         job = daemon.submit("sleep", "60", env={"API_TOKEN": secret.decode()})
+        assert job["state"] == "queued"
         wait_until_recorded_running(db, job["id"])
         # Killed within the second between the deletion of the request and
         # the checkpoint that follows it: the WAL still holds the secret.
@@ -580,6 +587,22 @@ def test_secrets_left_in_the_wal_by_a_crash_are_gone_after_the_restart(
     assert left == ["jobs.sqlite3-wal"]
     poll(lambda: not _in_files(db, [secret]), what="the secret to leave the WAL")
     assert get(daemon, job["id"])["state"] == "lost"
+
+
+def test_a_job_that_starts_at_once_never_writes_its_secrets(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    # It is recorded as running before its spawn, so a crash leaves it lost,
+    # never queued to run again: its request is not needed on disk at all.
+    db = tmp_path / "jobs.sqlite3"
+    daemon = sqlite_daemon(start_daemon, db, "--allow-env", "API_TOKEN")
+    secret = "env-secret-" + secrets.token_hex(16)
+    job = daemon.submit("sleep", "60", env={"API_TOKEN": secret}, stdin=secret)
+    assert job["state"] == "running"
+    wait_until_recorded_running(db, job["id"])
+    assert not _in_files(db, [secret.encode(), base64.b64encode(secret.encode())])
+    kill9(daemon)
+    assert not _in_files(db, [secret.encode(), base64.b64encode(secret.encode())])
 
 
 # -- disk full ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ Two kinds of write:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -140,8 +140,12 @@ class JobStore(Protocol):
     def requeue(self, job: Job) -> None:
         """A durable store: undo ``starting`` (the daemon stopped first)."""
 
-    def started(self, job: Job) -> None:
-        """Record that ``job`` runs; forget its request (env, stdin)."""
+    def started(self, job: Job, identify: Callable[[], tuple[int, str] | None] | None = None) -> None:
+        """Record that ``job`` runs; forget its request (env, stdin).
+
+        ``identify()`` gives the process identity (``orphans.identity``) to
+        record, asked as late as the store likes, on the reactor thread;
+        without it, ``job.identity`` is recorded."""
 
     def finished(self, job: Job) -> Deferred[bool]:
         """Record ``job``'s terminal state and output.

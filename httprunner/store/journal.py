@@ -34,6 +34,8 @@ from twisted.python.threadpool import ThreadPool
 
 from httprunner.store.base import StoreUnavailable
 
+#: how long an eventual write waits for others to share its transaction
+EVENTUAL_DELAY = 0.005
 #: retry delays of eventual writes while the database refuses them
 RETRY_FIRST = 0.1
 RETRY_CAP = 5.0
@@ -48,6 +50,9 @@ class Write:
     done: Deferred[Any] = attrs.field(factory=Deferred)
     #: the job it concerns, answered from memory until the write is in
     job_id: str | None = None
+    #: called on the reactor thread just before the write is handed to the
+    #: writer thread (to read what is cheaper to know late)
+    prepare: Callable[[], None] | None = None
 
 
 class Journal:
@@ -100,8 +105,21 @@ class Journal:
 
     def submit(self, write: Write) -> Deferred[Any]:
         self._pending.append(write)
-        self._schedule(0)
+        # A required write has a client waiting for it: now.  Eventual ones
+        # wait a few milliseconds, so that one transaction carries many and
+        # a short job's start and end become one write (``withdraw``).
+        self._schedule(0 if write.required else EVENTUAL_DELAY)
         return write.done
+
+    def withdraw(self, write: Write) -> bool:
+        """Drop a write not yet handed to the thread (a later write makes it
+        redundant); True if it was, and its Deferred fires with None."""
+        for i, pending in enumerate(self._pending):
+            if pending is write:
+                del self._pending[i]
+                write.done.callback(None)
+                return True
+        return False
 
     def call(self, run: Callable[[Any], Any]) -> Deferred[Any]:
         """Run ``run(connection)`` on the writer thread outside any batch
@@ -122,6 +140,7 @@ class Journal:
             d.callback(None)
         else:
             self._idle_waiters.append(d)
+            self._schedule(0)
         return d
 
     def stop(self) -> None:
@@ -136,8 +155,13 @@ class Journal:
     # -- internals --------------------------------------------------------
 
     def _schedule(self, delay: float) -> None:
-        if self._busy or self._flush_call is not None or not self._pending or not self.running:
+        if self._busy or not self._pending or not self.running:
             return
+        call = self._flush_call
+        if call is not None:
+            if call.getTime() <= self.reactor.seconds() + delay:
+                return
+            call.cancel()  # a sooner flush is wanted
         self._flush_call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
@@ -146,6 +170,9 @@ class Journal:
             return
         batch, self._pending = self._pending, []
         self._busy = True
+        for write in batch:
+            if write.prepare is not None:
+                write.prepare()
         d = deferToThreadPool(self.reactor, self._pool, self._run_batch, batch)
         d.addBoth(self._batch_done, batch)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -63,7 +63,7 @@ class MemoryJobStore:
     def requeue(self, job: Job) -> None:
         pass
 
-    def started(self, job: Job) -> None:
+    def started(self, job: Job, identify: Callable[[], tuple[int, str] | None] | None = None) -> None:
         pass
 
     def finished(self, job: Job) -> Deferred[bool]:

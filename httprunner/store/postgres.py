@@ -502,10 +502,12 @@ class PostgresJobStore:
 
     # -- writes ---------------------------------------------------------------
 
-    def _write(self, job: Job | None, run: Callable[[Any], Any], required: bool) -> Deferred[Any]:
+    def _write(
+        self, job: Job | None, run: Callable[[Any], Any], required: bool, prepare: Callable[[], None] | None = None
+    ) -> Deferred[Any]:
         if self._journal is None:
             return _failed(StoreUnavailable("the store is closed"))
-        write = Write(run=run, required=required, job_id=None if job is None else job.id)
+        write = Write(run=run, required=required, job_id=None if job is None else job.id, prepare=prepare)
         if job is not None:
             entry = self._unsaved.get(job.id)
             if entry is None:
@@ -625,18 +627,23 @@ class PostgresJobStore:
     def requeue(self, job: Job) -> None:
         raise NotImplementedError("a cluster's queue is shared: release() puts a claim back")
 
-    def started(self, job: Job) -> None:
-        identity = job.identity
-        args = {
+    def started(self, job: Job, identify: Callable[[], tuple[int, str] | None] | None = None) -> None:
+        args: dict[str, Any] = {
             "id": job.id,
             "lease": job.lease,
             "pid": job.pid,
             "node": job.node,
             "started_at": job.started_at,
-            "proc_start": None if identity is None else identity[0],
-            "boot_id": None if identity is None else identity[1],
+            "proc_start": None,
+            "boot_id": None,
         }
         s = self._s
+
+        def prepare() -> None:
+            # At the flush, not at the spawn: /proc waits for the exec.
+            identity = identify() if identify is not None else job.identity
+            if identity is not None:
+                args["proc_start"], args["boot_id"] = identity
 
         def run(c: Any) -> None:
             c.execute(
@@ -646,7 +653,7 @@ class PostgresJobStore:
             )
             c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (args["id"],))
 
-        self._write(job, run, required=False)
+        self._write(job, run, required=False, prepare=prepare)
 
     def output_progress(self, job: Job, parts: dict[str, bytes | int]) -> Deferred[Any]:
         """Write a running job's output so far (head, tail, counts) for

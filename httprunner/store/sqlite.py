@@ -164,6 +164,8 @@ class SQLiteJobStore:
         #: bounded in count and in retained output bytes
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._recent_bytes = 0
+        #: start writes not handed to the writer thread yet, by job
+        self._pending_start: dict[str, tuple[Write, bool]] = {}
         #: finished jobs in the file (the writer thread's count)
         self._finished_count = 0
         self._checkpoint: IDelayedCall | None = None
@@ -362,9 +364,12 @@ class SQLiteJobStore:
 
     # -- writes -------------------------------------------------------------
 
-    def _write(self, job: Job | None, run: Callable[[sqlite3.Connection], Any], required: bool) -> Deferred[Any]:
+    def _write(
+        self, job: Job | None, run: Callable[[sqlite3.Connection], Any], required: bool, write: Write | None = None
+    ) -> Deferred[Any]:
         assert self._journal is not None, "the store is not open"
-        write = Write(run=run, required=required, job_id=None if job is None else job.id)
+        if write is None:
+            write = Write(run=run, required=required, job_id=None if job is None else job.id)
         if job is not None:
             entry = self._unsaved.get(job.id)
             if entry is None:
@@ -435,18 +440,16 @@ class SQLiteJobStore:
 
         self._write(job, run, required=False)
 
-    def started(self, job: Job) -> None:
-        identity = job.identity
-        values = (
-            job.state,
-            job.pid,
-            job.node,
-            job.started_at,
-            None if identity is None else identity[0],
-            None if identity is None else identity[1],
-            job.id,
-        )
+    def started(self, job: Job, identify: Callable[[], tuple[int, str] | None] | None = None) -> None:
+        values: list[Any] = [job.state, job.pid, job.node, job.started_at, None, None, job.id]
         had_request = self._took_request(job.id)
+
+        def prepare() -> None:
+            # Late (at the flush, a few ms after the spawn): reading /proc
+            # at once would wait for the child's exec to finish.
+            identity = identify() if identify is not None else job.identity
+            if identity is not None:
+                values[4], values[5] = identity
 
         def run(c: sqlite3.Connection) -> None:
             c.execute(
@@ -457,12 +460,25 @@ class SQLiteJobStore:
             if had_request:
                 self._forget_request(c, values[-1])
 
-        self._write(job, run, required=False)
+        # Kept until it is in: if the job ends first, its end carries all of
+        # this and the start is withdrawn (one write for a short job).
+        write = Write(run=run, required=False, job_id=job.id, prepare=prepare)
+        self._pending_start[job.id] = (write, had_request)
+        self._write(job, run, required=False, write=write).addBoth(self._start_written, job.id, write)
+
+    def _start_written(self, result: Any, job_id: str, write: Write) -> Any:
+        pending = self._pending_start.get(job_id)
+        if pending is not None and pending[0] is write:
+            del self._pending_start[job_id]
+        return result
 
     def finished(self, job: Job) -> Deferred[bool]:
         values = job_values(job)
         job_id = values.pop("id")
         assignments = ", ".join("%s = ?" % name for name in values)
+        start = self._pending_start.pop(job_id, None)
+        if start is not None and self._journal is not None and self._journal.withdraw(start[0]) and start[1]:
+            self._with_request.add(job_id)  # the withdrawn start was to delete it
         had_request = self._took_request(job_id)
         self._remember(job)
 
