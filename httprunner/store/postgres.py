@@ -801,11 +801,15 @@ class PostgresJobStore:
         def run(c: Any) -> list[Job]:
             if not c.execute("SELECT pg_try_advisory_xact_lock(%s) AS locked", (key,)).fetchone()["locked"]:
                 return []
+            # Never this node itself: it is alive, whatever its last
+            # heartbeat says (back from a pause, its sweep may run before
+            # its heartbeat; alone in the cluster, it would kill its jobs).
             dead = [
                 row["name"]
                 for row in c.execute(
-                    "UPDATE %s.nodes SET state = 'dead' WHERE state = 'alive'"
-                    " AND heartbeat_at < now() - make_interval(secs => 3 * heartbeat_interval) RETURNING name" % s
+                    "UPDATE %s.nodes SET state = 'dead' WHERE state = 'alive' AND name <> %%s"
+                    " AND heartbeat_at < now() - make_interval(secs => 3 * heartbeat_interval) RETURNING name" % s,
+                    (self.node_name,),
                 ).fetchall()
             ]
             if not dead:
