@@ -71,6 +71,9 @@ except ImportError:  # pragma: no cover - reported at startup
 
 #: the schema this code writes; a database with a newer one refuses to start
 SCHEMA_VERSION = 1
+#: finished jobs evicted per statement of a prune (a prune that evicts this
+#: many has more to do)
+PRUNE_BATCH = 1000
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 _TIMESTAMPS = frozenset({"created_at", "started_at", "finished_at"})
@@ -273,6 +276,9 @@ class PostgresJobStore:
         self.connected = False
         self.last_error: str | None = None
         self.counters = {"claims": 0, "notifies_sent": 0, "notifies_received": 0, "lost_declared": 0}
+        #: terminal states this node recorded since its last prune (the
+        #: cluster prunes sooner when they add up, see cluster.py)
+        self.finished_since_prune = 0
 
     # -- connections --------------------------------------------------------
 
@@ -687,7 +693,12 @@ class PostgresJobStore:
             c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (job.id,))
             return row is not None
 
-        return self._write(job, run, required=False)
+        return self._write(job, run, required=False).addCallback(self._count_finished)
+
+    def _count_finished(self, won: Any) -> Any:
+        if won is True:
+            self.finished_since_prune += 1
+        return won
 
     def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
         args = {**record, "id": job_id, "node": self.node_name}
@@ -744,6 +755,7 @@ class PostgresJobStore:
             if row is None:
                 self.notify("cancel", "")
                 return None
+            self.finished_since_prune += 1
             return self._job(row)
 
         return self._write(None, run, required=True).addCallback(done)
@@ -826,6 +838,7 @@ class PostgresJobStore:
 
         def swept(lost: list[Job]) -> list[Job]:
             self.counters["lost_declared"] += len(lost)
+            self.finished_since_prune += len(lost)
             return lost
 
         return self._write(None, run, required=True).addCallback(swept)
@@ -857,6 +870,7 @@ class PostgresJobStore:
         """Evict finished jobs older than ``before`` and beyond --max-jobs,
         in batches, one node at a time."""
         s = self._s
+        self.finished_since_prune = 0
         key = _lock_key(self.schema, "prune")
         max_finished = self.max_finished
 
@@ -867,11 +881,11 @@ class PostgresJobStore:
             if before > 0:
                 evicted += c.execute(
                     "DELETE FROM %s.jobs WHERE seq IN (SELECT seq FROM %s.jobs WHERE finished_at IS NOT NULL"
-                    " AND finished_at < to_timestamp(%%s) ORDER BY finished_at LIMIT 1000)" % (s, s),
-                    (before,),
+                    " AND finished_at < to_timestamp(%%s) ORDER BY finished_at LIMIT %%s)" % (s, s),
+                    (before, PRUNE_BATCH),
                 ).rowcount
             finished = c.execute("SELECT count(*) AS n FROM %s.jobs WHERE finished_at IS NOT NULL" % s).fetchone()["n"]
-            excess = min(finished - max_finished, 1000)
+            excess = min(finished - max_finished, PRUNE_BATCH)
             if excess > 0:
                 evicted += c.execute(
                     "DELETE FROM %s.jobs WHERE seq IN (SELECT seq FROM %s.jobs WHERE finished_at IS NOT NULL"
