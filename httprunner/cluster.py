@@ -47,6 +47,10 @@ PRUNE_INTERVAL = 60.0
 #: finished jobs since its last prune: a busy cluster must not keep many
 #: times --max-jobs for a minute (at 500 jobs/s, 60 s are 30,000 jobs)
 PRUNE_SHARE = 0.1
+#: seconds until a heartbeat that failed is tried again (at most a quarter
+#: of --heartbeat): the first one after the database returns must not wait
+#: a whole interval, or a short outage could cost a node its jobs
+HEARTBEAT_RETRY = 1.0
 #: callbacks taken over per round, and while fewer than this are pending here
 DELIVERIES_PER_ROUND = 16
 MAX_DELIVERIES = 64
@@ -83,6 +87,7 @@ class ClusterNode(Service):
         self._claim_again = False
         self._wake_call: Any = None
         self._beating = False
+        self._beat_retry: Any = None
         self._polling = False
         self._syncing: set[str] = set()
         #: (stdout total, stderr total) last written per running job
@@ -118,9 +123,11 @@ class ClusterNode(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if self._wake_call is not None and self._wake_call.active():
-            self._wake_call.cancel()
+        for call in (self._wake_call, self._beat_retry):
+            if call is not None and call.active():
+                call.cancel()
         self._wake_call = None
+        self._beat_retry = None
         self.runner.on_free_slot = lambda: None
         self.store.on_notify = lambda channel, payload: None
 
@@ -270,6 +277,13 @@ class ClusterNode(Service):
     def _missed(self, failure: Any) -> None:
         self._beating = False
         self._connected_since = None
+        if self.running and self._beat_retry is None:
+            delay = min(HEARTBEAT_RETRY, self.store.heartbeat_interval / 4)
+            self._beat_retry = self.reactor.callLater(delay, self._retry_heartbeat)
+
+    def _retry_heartbeat(self) -> None:
+        self._beat_retry = None
+        self._heartbeat()
 
     # -- live output --------------------------------------------------------------
 

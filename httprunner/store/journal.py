@@ -100,6 +100,13 @@ class Journal:
 
     def submit(self, write: Write) -> Deferred[Any]:
         self._pending.append(write)
+        if write.required and self._flush_call is not None and self._retry_delay:
+            # A request (or a cluster's heartbeat) waits for this write: try
+            # the database now rather than after the eventual writes'
+            # backoff, so a submission gets its 503 at once, and the first
+            # write after the database returns goes through at once.
+            self._flush_call.cancel()
+            self._flush_call = None
         self._schedule(0)
         return write.done
 
@@ -151,9 +158,8 @@ class Journal:
 
     def _run_batch(self, batch: list[Write]) -> tuple[str, Any]:
         """On the writer thread: the whole batch in one transaction."""
-        connection = self._connection()
+        connection = self._open_transaction()
         try:
-            self._begin(connection)
             results = [write.run(connection) for write in batch]
             self._commit(connection)
             return "ok", results
@@ -179,6 +185,24 @@ class Journal:
                     pass
                 outcomes.append(("outage" if self._is_outage(e) else "bug", Failure()))
         return "each", outcomes
+
+    def _open_transaction(self) -> Any:
+        """On the writer thread: a connection in a new transaction.
+
+        A connection that went stale while it was idle (the server
+        restarted, or came back after an outage) fails at ``BEGIN``, before
+        anything of the batch was sent: a fresh one gets one more try, so
+        the first write after the database returns does not fail.
+        """
+        connection = self._connection()
+        try:
+            self._begin(connection)
+        except BaseException as e:
+            if not self._is_outage(e):
+                raise
+            connection = self._connection()
+            self._begin(connection)
+        return connection
 
     def _batch_done(self, outcome: Any, batch: list[Write]) -> None:
         self._busy = False
@@ -220,7 +244,8 @@ class Journal:
             # Keep the order: the failed eventual writes go first.
             self._pending[:0] = retry
             self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_CAP)
-            self._schedule(self._retry_delay)
+            # Required writes handed over meanwhile are not kept waiting (see submit).
+            self._schedule(0 if any(write.required for write in self._pending) else self._retry_delay)
         else:
             self._schedule(0)
         if not self._pending and not self._busy and self._idle_waiters:

@@ -38,7 +38,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -68,6 +68,8 @@ try:  # an optional dependency: only a cluster needs it
     from psycopg.rows import dict_row
 except ImportError:  # pragma: no cover - reported at startup
     psycopg = None  # type: ignore[assignment]
+
+_T = TypeVar("_T")
 
 #: the schema this code writes; a database with a newer one refuses to start
 SCHEMA_VERSION = 1
@@ -898,16 +900,38 @@ class PostgresJobStore:
 
     # -- reads ----------------------------------------------------------------
 
-    def _query(self, sql: str, args: Any = ()) -> Deferred[list[dict[str, Any]]]:
-        def run() -> list[dict[str, Any]]:
+    def _read(self, work: Callable[[Any], _T]) -> Deferred[_T]:
+        """``work(connection)`` on a reader thread; an outage fails it with
+        StoreUnavailable.
+
+        A connection that went stale while it was idle (the server
+        restarted, or came back after an outage) fails on first use: a
+        fresh one tries once more (a read has no effect to repeat), so the
+        first request after the database returns does not fail.
+        """
+
+        def run() -> _T:
+            c = getattr(self._local, "connection", None)
+            reused = c is not None and not c.closed and not c.broken
             try:
-                return list(self._reader_connection().execute(sql, args).fetchall())
+                return work(self._reader_connection())
             except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+                if not _is_outage(e):
+                    raise
+                error = e
+            if reused:
+                try:
+                    return work(self._reader_connection())
+                except Exception as e:
+                    if not _is_outage(e):
+                        raise
+                    error = e
+            raise StoreUnavailable("the database is unreachable: %s" % _one_line(error))
 
         return deferToThreadPool(self.reactor, self._readers, run)
+
+    def _query(self, sql: str, args: Any = ()) -> Deferred[list[dict[str, Any]]]:
+        return self._read(lambda c: list(c.execute(sql, args).fetchall()))
 
     def _job(self, row: Any) -> Job:
         return job_from_row(row, self.max_output, self.delivery_factory)
@@ -938,21 +962,13 @@ class PostgresJobStore:
         )
         s = self._s
 
-        def run() -> builtins.list[dict[str, Any]]:
-            c = self._reader_connection()
-            try:
-                if (
-                    query.before is not None
-                    and not c.execute("SELECT 1 FROM %s.jobs WHERE id = %%s" % s, (query.before,)).fetchone()
-                ):
-                    raise UnknownCursor(query.before)
-                return list(c.execute(sql, args).fetchall())
-            except UnknownCursor:
-                raise
-            except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+        def run(c: Any) -> builtins.list[dict[str, Any]]:
+            if (
+                query.before is not None
+                and not c.execute("SELECT 1 FROM %s.jobs WHERE id = %%s" % s, (query.before,)).fetchone()
+            ):
+                raise UnknownCursor(query.before)
+            return list(c.execute(sql, args).fetchall())
 
         def jobs_of(rows: builtins.list[dict[str, Any]]) -> builtins.list[Job]:
             found = []
@@ -963,34 +979,28 @@ class PostgresJobStore:
                     found.append(job)
             return found
 
-        return deferToThreadPool(self.reactor, self._readers, run).addCallback(jobs_of)
+        return self._read(run).addCallback(jobs_of)
 
     def counts(self, since: float) -> Deferred[Any]:
         s = self._s
 
-        def run() -> StoreCounts:
-            c = self._reader_connection()
-            try:
-                states = {
-                    r["state"]: r["n"]
-                    for r in c.execute("SELECT state, count(*) AS n FROM %s.jobs GROUP BY state" % s).fetchall()
-                }
-                finished = [
-                    (int(r["minute"]), r["state"], r["n"])
-                    for r in c.execute(
-                        "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60)::bigint AS minute, state,"
-                        " count(*) AS n FROM %s.jobs WHERE finished_at >= to_timestamp(%%s)"
-                        " GROUP BY minute, state ORDER BY minute" % s,
-                        (since,),
-                    ).fetchall()
-                ]
-            except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+        def run(c: Any) -> StoreCounts:
+            states = {
+                r["state"]: r["n"]
+                for r in c.execute("SELECT state, count(*) AS n FROM %s.jobs GROUP BY state" % s).fetchall()
+            }
+            finished = [
+                (int(r["minute"]), r["state"], r["n"])
+                for r in c.execute(
+                    "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60)::bigint AS minute, state,"
+                    " count(*) AS n FROM %s.jobs WHERE finished_at >= to_timestamp(%%s)"
+                    " GROUP BY minute, state ORDER BY minute" % s,
+                    (since,),
+                ).fetchall()
+            ]
             return StoreCounts(states=states, finished=finished)
 
-        return deferToThreadPool(self.reactor, self._readers, run)
+        return self._read(run)
 
     def nodes(self) -> Deferred[builtins.list[NodeView]]:
         rows = self._query(
