@@ -37,6 +37,10 @@ from httprunner.store.base import StoreUnavailable
 #: retry delays of eventual writes while the database refuses them
 RETRY_FIRST = 0.1
 RETRY_CAP = 5.0
+#: immediate retries of a batch the database rolled back for a transient
+#: reason (a deadlock between two writers' batches), before it counts as
+#: an outage
+TRANSIENT_RETRIES = 3
 
 
 @attrs.define(eq=False)
@@ -69,6 +73,7 @@ class Journal:
         commit: Callable[[Any], None],
         rollback: Callable[[Any], None],
         is_outage: Callable[[BaseException], bool],
+        is_transient: Callable[[BaseException], bool] = lambda error: False,
         name: str,
         on_state: Callable[[str | None], None] = lambda error: None,
     ) -> None:
@@ -78,6 +83,7 @@ class Journal:
         self._commit = commit
         self._rollback = rollback
         self._is_outage = is_outage
+        self._is_transient = is_transient
         self._on_state = on_state
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
         self._pending: list[Write] = []
@@ -158,18 +164,23 @@ class Journal:
 
     def _run_batch(self, batch: list[Write]) -> tuple[str, Any]:
         """On the writer thread: the whole batch in one transaction."""
-        connection = self._open_transaction()
-        try:
-            results = [write.run(connection) for write in batch]
-            self._commit(connection)
-            return "ok", results
-        except BaseException as e:
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            connection = self._open_transaction()
             try:
-                self._rollback(connection)
-            except BaseException:
-                pass
-            if self._is_outage(e):
-                return "outage", e
+                results = [write.run(connection) for write in batch]
+                self._commit(connection)
+                return "ok", results
+            except BaseException as e:
+                try:
+                    self._rollback(connection)
+                except BaseException:
+                    pass
+                if self._is_transient(e) and attempt < TRANSIENT_RETRIES:
+                    # Rolled back whole: nothing of it is in, run it again.
+                    continue
+                if self._is_outage(e):
+                    return "outage", e
+                break
         # Not the database's fault: one write per transaction, to find it.
         outcomes: list[tuple[str, Any]] = []
         for write in batch:

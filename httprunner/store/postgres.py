@@ -203,6 +203,16 @@ def _is_outage(error: BaseException) -> bool:
     )
 
 
+def _is_transient(error: BaseException) -> bool:
+    """The transaction was rolled back and may simply be run again: a
+    deadlock between two nodes' batches (each batch holds the rows it
+    wrote until it commits: a node canceling another's job while that one
+    cancels one of its own can cross them)."""
+    return psycopg is not None and isinstance(
+        error, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+    )
+
+
 def redact(uri: str) -> str:
     """The URI without its password, for logs and /healthz."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", uri)
@@ -342,6 +352,7 @@ class PostgresJobStore:
             commit=lambda c: c.execute("COMMIT"),
             rollback=_rollback,
             is_outage=_is_outage,
+            is_transient=_is_transient,
             name="httprunner-pg-write",
             on_state=self._write_state,
         )
