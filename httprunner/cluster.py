@@ -152,7 +152,9 @@ class ClusterNode(Service):
             self._claim_again = True
             return
         free = self.runner.free_slots
-        if free <= 0 or not self.running:
+        # A runner that stops (SIGTERM: its jobs are ending) takes no job:
+        # each would be claimed and released again, over and over.
+        if free <= 0 or not self.running or not self.runner.running:
             return
         self._claiming = True
         self._claim_again = False

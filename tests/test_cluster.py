@@ -100,6 +100,14 @@ def listing(node: Daemon, query: str = "") -> list[dict[str, Any]]:
     return page["jobs"]
 
 
+def listening(node: Daemon) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def health(node: Daemon) -> dict[str, Any]:
     status, document = node.api("GET", "/healthz")
     assert status == 200, document
@@ -849,3 +857,23 @@ def test_a_dead_nodes_pending_callback_is_taken_over(cluster: Cluster, receiver:
     assert done["state"] == "succeeded" and 2 <= done["callback_delivery"]["attempts"] <= tried + 1
     assert receiver.counts() == Counter({job["id"]: 1})
     assert receiver.bodies(job["id"])[0]["state"] == "succeeded"
+
+
+def test_a_node_shutting_down_takes_no_job_from_the_queue(cluster: Cluster, tmp_path: Path) -> None:
+    a, b = cluster.start_all(("a", "--kill-grace", "3"), ("b", "--max-running", "1"))
+    stubborn = a.submit("sh", "-c", "trap '' TERM; echo ready; sleep 30")
+    poll(lambda: job_of(a, stubborn["id"])["stdout"] == "ready\n", SLACK, "the job ignores TERM")
+    gate = tmp_path / "gate"
+    b.submit("sh", "-c", GATED % gate)
+    a.terminate()  # a waits 3 s for its job before it KILLs it
+    poll(lambda: not listening(a), SLACK, "a stops taking requests")
+    assert a.proc.poll() is None  # ... and still runs
+    queued = b.submit("echo", "for b")
+    seen = set()
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline:
+        seen.add((job := job_of(b, queued["id"]))["state"] + "/" + str(job["node"]))
+        time.sleep(0.02)
+    assert seen == {"queued/None"}
+    gate.touch()
+    assert b.wait(queued["id"])["node"] == "b"
