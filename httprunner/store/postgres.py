@@ -296,7 +296,34 @@ class PostgresJobStore:
 
     def connect(self) -> Any:
         assert psycopg is not None
-        return psycopg.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
+        c = psycopg.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
+        try:
+            for setting, value in self.session_settings().items():
+                c.execute("SELECT set_config(%s, %s, false)", (setting, value))
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def session_settings(self) -> dict[str, str]:
+        """What each connection sets on the server's side (plain SETs, so a
+        pooler that refuses startup options does not mind).
+
+        A node paused (SIGSTOP, a stalled VM) or cut off in the middle of a
+        write batch leaves its session idle in a transaction that holds the
+        rows it wrote: the sweep of a live node waits for them, and with it
+        every write of that node (admissions, heartbeats), for as long as
+        the pause lasts. The server ends such a session after one
+        heartbeat (the sweep waits three), and notices a vanished peer
+        in seconds rather than after the kernel's two hours (TCP
+        keepalives, the node name's lock included).
+        """
+        return {
+            "idle_in_transaction_session_timeout": "%dms" % (max(self.heartbeat_interval, 1.0) * 1000),
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3",
+        }
 
     def _writer_connection(self) -> Any:
         """The journal thread's connection, opened again after an outage."""
