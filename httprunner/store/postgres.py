@@ -444,7 +444,9 @@ class PostgresJobStore:
             lost += [
                 self._job(row)
                 for row in c.execute(
-                    "SELECT %s FROM %s.jobs WHERE node = %%s AND state = 'lost' AND boot_id = %%s"
+                    # (no pid: the start was never recorded; the runner
+                    # finds such a job's processes by its id)
+                    "SELECT %s FROM %s.jobs WHERE node = %%s AND state = 'lost' AND (boot_id = %%s OR pid IS NULL)"
                     " AND finished_at > now() - interval '7 days'" % (_SUMMARY, s),
                     (self.node_name, orphans.boot_id()),
                 ).fetchall()
