@@ -300,7 +300,11 @@ class Cluster:
         wrapper: list[str] = []
         if elsewhere:
             wrapper = self._elsewhere(name)
-        return self.start_daemon(*self.options(name, *extra, uri=uri, heartbeat=heartbeat), wrapper=wrapper)
+        node = self.start_daemon(*self.options(name, *extra, uri=uri, heartbeat=heartbeat), wrapper=wrapper)
+        # The port is reported when it is bound, before the node joins the
+        # cluster; its first answer comes once it has.
+        health(node)
+        return node
 
     def start_all(self, *nodes: str | tuple[str, ...] | dict[str, Any]) -> list[Daemon]:
         """Start nodes side by side: each a name, a tuple (name, *options;
