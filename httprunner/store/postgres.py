@@ -73,6 +73,9 @@ _T = TypeVar("_T")
 
 #: the schema this code writes; a database with a newer one refuses to start
 SCHEMA_VERSION = 1
+#: seconds the listening thread waits for a notification before it looks
+#: whether the store is closing (a close waits for it that long at most)
+LISTEN_WAKEUP = 0.2
 #: finished jobs evicted per statement of a prune (a prune that evicts this
 #: many has more to do)
 PRUNE_BATCH = 1000
@@ -679,7 +682,6 @@ class PostgresJobStore:
             "id": job.id,
             "lease": job.lease,
             "pid": job.pid,
-            "node": job.node,
             "started_at": job.started_at,
             "proc_start": None if identity is None else identity[0],
             "boot_id": None if identity is None else identity[1],
@@ -688,7 +690,9 @@ class PostgresJobStore:
 
         def run(c: Any) -> None:
             c.execute(
-                "UPDATE %s.jobs SET pid = %%(pid)s, node = %%(node)s, started_at = to_timestamp(%%(started_at)s),"
+                # (not the node: the admission or the claim that gave this
+                # node the lease recorded it, and it must stay this node's)
+                "UPDATE %s.jobs SET pid = %%(pid)s, started_at = to_timestamp(%%(started_at)s),"
                 " proc_start = %%(proc_start)s, boot_id = %%(boot_id)s WHERE id = %%(id)s AND lease = %%(lease)s" % s,
                 args,
             )
@@ -1150,7 +1154,7 @@ class _Listener:
                     self.open()
                     reactor.callFromThread(self.log.info, "listening again on the cluster's channels")
                     reactor.callFromThread(store.on_notify, store.channel("queued"), "")
-                for note in self.connection.notifies(timeout=1.0):
+                for note in self.connection.notifies(timeout=LISTEN_WAKEUP):
                     reactor.callFromThread(store.on_notify, note.channel, note.payload)
                     if self._stopping.is_set():
                         break
