@@ -449,14 +449,22 @@ def test_every_node_lists_every_nodes_jobs_page_by_page(cluster: Cluster) -> Non
 
 
 def test_a_queued_job_is_claimed_by_the_idle_node(cluster: Cluster, tmp_path: Path) -> None:
-    a, b = cluster.start_all(("a", "--max-running", "1"), ("b", "--max-running", "1"))
+    a, b = cluster.start_all(*[(name, "--max-running", "1", "--allow-env", "GREETING") for name in ("a", "b")])
     gate = tmp_path / "gate"
     busy = a.submit("sh", "-c", GATED % gate)
     assert busy["node"] == "a"
-    queued = a.submit("echo", "claimed")
+    # What the request asked for travels with the job through the queue.
+    queued = a.submit(
+        "sh",
+        "-c",
+        'read line; echo "$GREETING $line"; sleep 5',
+        stdin="world\n",
+        env={"GREETING": "hello"},
+        timeout=0.5,
+    )
     assert (queued["state"], queued["node"]) == ("queued", None)
     done = a.wait(queued["id"])
-    assert (done["state"], done["node"], done["stdout"]) == ("succeeded", "b", "claimed\n")
+    assert (done["state"], done["node"], done["stdout"]) == ("timed_out", "b", "hello world\n")
     gate.touch()
     assert a.wait(busy["id"])["state"] == "succeeded"
 
