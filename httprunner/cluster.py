@@ -17,7 +17,9 @@ A node service over the PostgreSQL store and the runner:
 - writes the **output** of its running jobs every 0.5 s while it changes,
   for followers on other nodes;
 - takes over **callbacks** no live node is sending (a dead node's, a lost
-  job's), and **prunes** the history (``--max-jobs``, ``--max-age``).
+  job's), and **prunes** the history (``--max-jobs``, ``--max-age``): at
+  start, every minute, and as soon as this node has recorded a tenth of
+  ``--max-jobs`` finished jobs since its last prune.
 """
 
 from __future__ import annotations
@@ -33,14 +35,22 @@ from twisted.logger import Logger
 
 from httprunner.jobs import Job
 from httprunner.store.base import Stored
-from httprunner.store.postgres import Claimed, Heartbeat, PostgresJobStore
+from httprunner.store.postgres import PRUNE_BATCH, Claimed, Heartbeat, PostgresJobStore
 
 #: seconds between claim/cancel/sweep rounds when no hint arrives
 POLL_INTERVAL = 1.0
 #: seconds between writes of a running job's new output
 OUTPUT_INTERVAL = 0.5
-#: seconds between prunes of the history
+#: seconds between prunes of the history, at the most
 PRUNE_INTERVAL = 60.0
+#: a node prunes sooner once it has recorded this share of --max-jobs
+#: finished jobs since its last prune: a busy cluster must not keep many
+#: times --max-jobs for a minute (at 500 jobs/s, 60 s are 30,000 jobs)
+PRUNE_SHARE = 0.1
+#: seconds until a heartbeat that failed is tried again (at most a quarter
+#: of --heartbeat): the first one after the database returns must not wait
+#: a whole interval, or a short outage could cost a node its jobs
+HEARTBEAT_RETRY = 1.0
 #: callbacks taken over per round, and while fewer than this are pending here
 DELIVERIES_PER_ROUND = 16
 MAX_DELIVERIES = 64
@@ -77,12 +87,18 @@ class ClusterNode(Service):
         self._claim_again = False
         self._wake_call: Any = None
         self._beating = False
+        self._beat_retry: Any = None
         self._polling = False
         self._syncing: set[str] = set()
         #: (stdout total, stderr total) last written per running job
         self._synced: dict[str, tuple[int, int, int, int]] = {}
         self._connected_since: float | None = None
-        self._last_prune = 0.0
+        #: None: prune at the first poll (the history may have grown while
+        #: this node was away)
+        self._last_prune: float | None = None
+        self._pruning = False
+        #: the last prune evicted a whole batch: there is more to evict
+        self._prune_more = False
 
     # -- IService -------------------------------------------------------------
 
@@ -107,9 +123,11 @@ class ClusterNode(Service):
             if loop.running:
                 loop.stop()
         self._loops = []
-        if self._wake_call is not None and self._wake_call.active():
-            self._wake_call.cancel()
+        for call in (self._wake_call, self._beat_retry):
+            if call is not None and call.active():
+                call.cancel()
         self._wake_call = None
+        self._beat_retry = None
         self.runner.on_free_slot = lambda: None
         self.store.on_notify = lambda channel, payload: None
 
@@ -134,7 +152,9 @@ class ClusterNode(Service):
             self._claim_again = True
             return
         free = self.runner.free_slots
-        if free <= 0 or not self.running:
+        # A runner that stops (SIGTERM: its jobs are ending) takes no job:
+        # each would be claimed and released again, over and over.
+        if free <= 0 or not self.running or not self.runner.running:
             return
         self._claiming = True
         self._claim_again = False
@@ -174,10 +194,13 @@ class ClusterNode(Service):
         if self.outbox.notifier.pending < MAX_DELIVERIES:
             self.store.claim_deliveries(DELIVERIES_PER_ROUND).addCallbacks(self._deliver, lambda f: None)
         now = self.monotonic()
-        if now - self._last_prune >= PRUNE_INTERVAL:
+        if self._prune_due(now):
             self._last_prune = now
+            self._pruning = True
             before = time.time() - self.max_age if self.max_age else 0.0
-            self.store.prune(before).addCallbacks(self._pruned, lambda f: None)
+            d = self.store.prune(before)
+            d.addCallbacks(self._pruned, lambda f: None)
+            d.addBoth(self._pruned_done)
         d = self.store.queued_count()
         d.addCallbacks(self._queue_length, lambda f: None)
         d.addBoth(self._polled)
@@ -207,9 +230,20 @@ class ClusterNode(Service):
         for job in jobs:
             self.outbox.resume(job)
 
+    def _prune_due(self, now: float) -> bool:
+        if self._pruning:
+            return False
+        if self._last_prune is None or now - self._last_prune >= PRUNE_INTERVAL or self._prune_more:
+            return True
+        return self.store.finished_since_prune >= max(1, int(self.store.max_finished * PRUNE_SHARE))
+
     def _pruned(self, count: int) -> None:
+        self._prune_more = count >= PRUNE_BATCH
         if count:
             self.log.info("evicted {count} finished jobs from the cluster's history", count=count)
+
+    def _pruned_done(self, _: object) -> None:
+        self._pruning = False
 
     def _cancel_requested(self) -> None:
         self.store.cancel_requests().addCallbacks(self._cancel, lambda f: None)
@@ -245,6 +279,13 @@ class ClusterNode(Service):
     def _missed(self, failure: Any) -> None:
         self._beating = False
         self._connected_since = None
+        if self.running and self._beat_retry is None:
+            delay = min(HEARTBEAT_RETRY, self.store.heartbeat_interval / 4)
+            self._beat_retry = self.reactor.callLater(delay, self._retry_heartbeat)
+
+    def _retry_heartbeat(self) -> None:
+        self._beat_retry = None
+        self._heartbeat()
 
     # -- live output --------------------------------------------------------------
 

@@ -357,15 +357,32 @@ class JobRunner(Service):
 
     def end_orphans(self, lost: Iterable[Job]) -> None:
         """End the process groups of lost jobs that still run on this
-        machine (provably the same processes: pid, start time, boot id)."""
+        machine (provably the same processes: pid, start time, boot id; or,
+        for a job whose spawn was never recorded, its id in their
+        environment)."""
+        unrecorded = set()
         for job in lost:
-            if job.pid is not None and job.id not in self._running and orphans.same_process(job.pid, job.identity):
+            if job.id in self._running:
+                continue
+            if job.pid is None:
+                unrecorded.add(job.id)
+            elif orphans.same_process(job.pid, job.identity):
                 self.log.warn(
                     "job {job_id} was lost: ending its process group {pid}",
                     job_id=job.id,
                     pid=job.pid,
                 )
                 self._end_orphan(job.pid)
+        if unrecorded:
+            # The daemon died between a spawn and the write recording it.
+            for job_id, groups in orphans.groups_of_jobs(unrecorded).items():
+                for pgid in groups:
+                    self.log.warn(
+                        "job {job_id} was lost before its start was recorded: ending its process group {pid}",
+                        job_id=job_id,
+                        pid=pgid,
+                    )
+                    self._end_orphan(pgid)
 
     def _end_orphan(self, pgid: int) -> None:
         grace = self.settings.kill_grace

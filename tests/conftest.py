@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class Daemon:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    terminated: bool = False
 
     @property
     def url(self) -> str:
@@ -67,9 +69,15 @@ class Daemon:
                 return job
         raise AssertionError("job %s did not finish" % job_id)
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
+    def terminate(self) -> None:
+        """Send SIGTERM once (see :meth:`stop`)."""
+        if self.proc.poll() is None and not self.terminated:
+            self.terminated = True
             self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> int:
+        self.terminate()
+        if self.proc.poll() is None:
             try:
                 self.proc.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -90,10 +98,26 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), **extra)
 
 
-def spawn_daemon(tmp_path: Path, *options: str, env: dict[str, str] | None = None) -> Daemon:
-    log = tmp_path / ("twistd-%d.log" % len(list(tmp_path.glob("twistd-*.log"))))
+def _new_log(tmp_path: Path) -> Path:
+    """A fresh ``twistd-N.log`` name, also when daemons start from threads."""
+    for n in itertools.count(len(list(tmp_path.glob("twistd-*.log")))):
+        log = tmp_path / ("twistd-%d.log" % n)
+        try:
+            log.touch(exist_ok=False)
+        except FileExistsError:
+            continue
+        return log
+    raise AssertionError("unreachable")
+
+
+def spawn_daemon(
+    tmp_path: Path, *options: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()
+) -> Daemon:
+    """Start a daemon and wait for its port; ``wrapper`` prefixes the
+    command (it must exec twistd in the same process, so signals reach it)."""
+    log = _new_log(tmp_path)
     proc = subprocess.Popen(
-        twistd_command("--allow-root", "--listen", "tcp:0:interface=127.0.0.1", *options, log=log),
+        [*wrapper, *twistd_command("--allow-root", "--listen", "tcp:0:interface=127.0.0.1", *options, log=log)],
         cwd=str(tmp_path),
         env=env or child_env(),
         stdout=subprocess.DEVNULL,
@@ -117,12 +141,15 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start ``twistd -n httprunner OPTIONS...`` children; all are stopped at teardown."""
     started: list[Daemon] = []
 
-    def start(*options: str, env: dict[str, str] | None = None) -> Daemon:
-        daemon = spawn_daemon(tmp_path, *options, env=env)
+    def start(*options: str, env: dict[str, str] | None = None, wrapper: Sequence[str] = ()) -> Daemon:
+        daemon = spawn_daemon(tmp_path, *options, env=env, wrapper=wrapper)
         started.append(daemon)
         return daemon
 
     yield start
+    # Side by side: each stop takes a moment (jobs end, the store closes).
+    for daemon in started:
+        daemon.terminate()
     for daemon in started:
         daemon.stop()
 

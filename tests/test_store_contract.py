@@ -21,13 +21,21 @@ one test's store lives:
 - the class method ``unavailable()`` returns why the store cannot run here
   (no server, no driver), or None: its tests then skip with that reason;
 - an optional ``cleanup()`` removes what the place left behind once its
-  stores are closed (a database schema, say).
+  stores are closed (a database schema, say);
+- ``shared_queue`` (optional, False): the store is a cluster's, whose
+  queue and callback outbox are shared by its nodes: a restart hands
+  neither back in its ``Recovery``, a node claims them (``claim``,
+  ``claim_deliveries``) and runs what it claimed;
+- ``retention_at_prune`` (optional, False): ``--max-jobs`` is applied when
+  the store prunes (a cluster's nodes prune soon after they finish jobs),
+  not in ``finished``.
 
 Every test here, the hypothesis state machine included, then runs on it.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import tempfile
@@ -50,6 +58,7 @@ from httprunner.callbacks import CallbackDelivery
 from httprunner.jobs import Job, JobSpec
 from httprunner.output import GAP_MARKER
 from httprunner.store import JobStore, ListQuery, MemoryJobStore, Recovery, UnknownCursor
+from httprunner.store.base import Stored
 
 #: output cap of the stores and jobs here: small, so a gap is cheap to make
 MAX_OUTPUT = 64
@@ -126,9 +135,70 @@ class SQLitePlace:
         return SQLitePlace(self.directory, self.opened)
 
 
+class PostgresPlace:
+    """A schema of its own on the server ``HTTPRUNNER_TEST_POSTGRES`` names,
+    one node of a cluster (the store's ``node``)."""
+
+    name = "postgresql"
+    durable = True
+    shared_queue = True
+    retention_at_prune = True
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        if not os.environ.get("HTTPRUNNER_TEST_POSTGRES"):
+            return "set HTTPRUNNER_TEST_POSTGRES to a PostgreSQL database URI"
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return "psycopg is not installed"
+        return None
+
+    def __init__(self, directory: Path, opened: list[JobStore] | None = None, schemas: list[str] | None = None) -> None:
+        self.directory = directory
+        self.uri = os.environ["HTTPRUNNER_TEST_POSTGRES"]
+        self.schema = "contract_%s" % uuid.uuid4().hex[:12]
+        self.opened: list[JobStore] = [] if opened is None else opened
+        #: every schema made here and in fresh places, dropped by cleanup()
+        self.schemas: list[str] = [] if schemas is None else schemas
+        self.schemas.append(self.schema)
+        self.recovery: Recovery | None = None
+
+    def open(self, max_finished: int = 100) -> JobStore:
+        from httprunner.store.postgres import PostgresJobStore
+
+        store = PostgresJobStore(
+            self.uri,
+            reactor=_reactor(),
+            node="contract",
+            schema=self.schema,
+            heartbeat=5.0,
+            max_finished=max_finished,
+            max_queued=1000,
+            max_running=100,
+            max_output=MAX_OUTPUT,
+            delivery_factory=CallbackDelivery.from_json,
+            version="test",
+        )
+        self.recovery = store.open()
+        self.opened.append(store)
+        return store
+
+    def fresh(self) -> PostgresPlace:
+        return PostgresPlace(self.directory, self.opened, self.schemas)
+
+    def cleanup(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.uri, autocommit=True) as connection:
+            for schema in self.schemas:
+                connection.execute('DROP SCHEMA IF EXISTS "%s" CASCADE' % schema)
+
+
 PLACES: dict[str, Any] = {
     "memory": MemoryPlace,
     "sqlite": SQLitePlace,
+    "postgresql": PostgresPlace,
 }
 
 
@@ -233,6 +303,30 @@ async def finish(
         job.callback_delivery = CallbackDelivery()
     assert await store.finished(job) is True
     return job
+
+
+async def apply_retention(place: Any, store: JobStore) -> None:
+    """What a store does about ``--max-jobs`` by now (see ``retention_at_prune``)."""
+    if getattr(place, "retention_at_prune", False):
+        await store.prune(0)
+
+
+async def queue_after_restart(place: Any, store: Any) -> list[Stored]:
+    """The queued jobs a restarted daemon takes over, oldest first (see
+    ``shared_queue``: a cluster node claims them, and they run)."""
+    if getattr(place, "shared_queue", False):
+        return [Stored(claimed.job, claimed.request) for claimed in await store.claim(100, None, [])]
+    assert place.recovery is not None
+    return list(place.recovery.queued)
+
+
+async def deliveries_after_restart(place: Any, store: Any) -> list[Job]:
+    """The finished jobs whose callback a restarted daemon resumes (see
+    ``shared_queue``: a cluster node claims the ones no node sends)."""
+    if getattr(place, "shared_queue", False):
+        return list(await store.claim_deliveries(100))
+    assert place.recovery is not None
+    return list(place.recovery.deliveries)
 
 
 async def until(check: Callable[[], Awaitable[bool]], seconds: float = 10.0) -> None:
@@ -401,9 +495,10 @@ async def test_before_is_exclusive_and_combines_with_filters(place: Any) -> None
 @pytest_twisted.ensureDeferred
 async def test_an_unknown_or_evicted_cursor_fails_the_deferred(place: Any) -> None:
     store = place.open(max_finished=1)
-    old = await admit(store, make_job())
+    old = await admit(store, make_job(), starting=True)
     await finish(store, start(store, old))
-    await finish(store, start(store, await admit(store, make_job())))
+    await finish(store, start(store, await admit(store, make_job(), starting=True)))
+    await apply_retention(place, store)
     assert await store.get(old.id) is None
     for cursor in (secrets.token_hex(20), old.id):
         d = store.list(ListQuery(before=cursor))  # must not raise here: a Deferred that fails
@@ -451,6 +546,7 @@ async def test_retention_evicts_the_oldest_finished_never_active_jobs(place: Any
     t0 = time.time()
     for n, job in enumerate(order):
         await finish(store, job, finished_at=t0 + n)
+        await apply_retention(place, store)
         retained_finished = order[max(0, n + 1 - 3) : n + 1]
         for other in order[: n + 1]:
             assert (await store.get(other.id) is not None) == (other in retained_finished), (n, other.command)
@@ -561,9 +657,12 @@ async def test_a_restart_keeps_history_and_the_queue_in_order(durable_place: Any
     await store.close()
     store = place.open()
     recovery = place.recovery
-    assert [s.job.id for s in recovery.queued] == [j.id for j in queued]
-    for i, stored in enumerate(recovery.queued):
-        assert stored.job.state == jobs.QUEUED and stored.job.command == "cat"
+    recovered = await queue_after_restart(place, store)
+    assert [s.job.id for s in recovered] == [j.id for j in queued]
+    for i, stored in enumerate(recovered):
+        # (a cluster node runs what it claims)
+        assert stored.job.state == (jobs.RUNNING if getattr(place, "shared_queue", False) else jobs.QUEUED)
+        assert stored.job.command == "cat"
         assert stored.request is not None
         assert stored.request["env"] == {"TOKEN": "s3cret-%d" % i} and stored.request["timeout"] == 9.5
         assert stored.request["stdin"] is not None
@@ -594,8 +693,9 @@ async def test_a_restart_declares_running_jobs_lost(durable_place: Any) -> None:
         view = found.to_json()
         assert (view["state"], view["code"], view["err"]["code"]) == (jobs.LOST, -1, "LOST")
         assert found.finished_at is not None and found.finished_at >= before - 1
-    assert [j.id for j in recovery.deliveries] == [hooked.id]
-    assert recovery.deliveries[0].callback_delivery.to_json() == CallbackDelivery().to_json()
+    deliveries = await deliveries_after_restart(place, store)
+    assert [j.id for j in deliveries] == [hooked.id]
+    assert deliveries[0].callback_delivery.to_json() == CallbackDelivery().to_json()
     found = await store.get(plain.id)
     assert found is not None and "callback_delivery" not in found.to_json()
 
@@ -612,9 +712,9 @@ async def test_a_pending_delivery_is_resumed_with_its_attempts(durable_place: An
     store.delivery_changed(job.id, delivery.to_json())
     await store.close()
     store = place.open()
-    recovery = place.recovery
-    assert [j.id for j in recovery.deliveries] == [job.id]
-    assert recovery.deliveries[0].callback_delivery.to_json() == delivery.to_json()
+    deliveries = await deliveries_after_restart(place, store)
+    assert [j.id for j in deliveries] == [job.id]
+    assert deliveries[0].callback_delivery.to_json() == delivery.to_json()
 
 
 @pytest_twisted.ensureDeferred
@@ -629,6 +729,7 @@ async def test_a_smaller_max_finished_applies_at_the_next_start(durable_place: A
     ]
     await store.close()
     store = place.open(max_finished=2)
+    await apply_retention(place, store)
     assert await listing(store) == [made[4].id, made[3].id, queued.id]
 
 
@@ -675,7 +776,14 @@ class RetentionModel(RuleBasedStateMachine):
     @rule(pick=st.integers(min_value=0, max_value=100))
     def start_one(self, pick: int) -> None:
         queued = [j for j in self.order if j.state == jobs.QUEUED]
-        start(self.store, queued[pick % len(queued)])
+        if getattr(self.place, "shared_queue", False):
+            # A cluster node claims the oldest queued job, then starts it.
+            (claimed,) = self._block(self.store.claim(1, None, []))
+            job = next(j for j in queued if j.id == claimed.job.id)
+            job.lease = claimed.job.lease
+        else:
+            job = queued[pick % len(queued)]
+        start(self.store, job)
 
     @precondition(lambda self: any(not j.finished for j in self.order))
     @rule(pick=st.integers(min_value=0, max_value=100), state=st.sampled_from(sorted(jobs.TERMINAL_STATES)))
@@ -684,6 +792,7 @@ class RetentionModel(RuleBasedStateMachine):
         job = active[pick % len(active)]
         self.clock += 1
         self._block(Deferred.fromCoroutine(finish(self.store, job, state, finished_at=self.clock)))
+        self._block(Deferred.fromCoroutine(apply_retention(self.place, self.store)))
         self.finished.append(job)
         while len(self.finished) > self.max_finished:
             self._evict(self.finished.pop(0))

@@ -39,6 +39,10 @@ EVENTUAL_DELAY = 0.005
 #: retry delays of eventual writes while the database refuses them
 RETRY_FIRST = 0.1
 RETRY_CAP = 5.0
+#: immediate retries of a batch the database rolled back for a transient
+#: reason (a deadlock between two writers' batches), before it counts as
+#: an outage
+TRANSIENT_RETRIES = 3
 
 
 @attrs.define(eq=False)
@@ -74,6 +78,7 @@ class Journal:
         commit: Callable[[Any], None],
         rollback: Callable[[Any], None],
         is_outage: Callable[[BaseException], bool],
+        is_transient: Callable[[BaseException], bool] = lambda error: False,
         name: str,
         on_state: Callable[[str | None], None] = lambda error: None,
     ) -> None:
@@ -83,6 +88,7 @@ class Journal:
         self._commit = commit
         self._rollback = rollback
         self._is_outage = is_outage
+        self._is_transient = is_transient
         self._on_state = on_state
         self._pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
         self._pending: list[Write] = []
@@ -105,10 +111,17 @@ class Journal:
 
     def submit(self, write: Write) -> Deferred[Any]:
         self._pending.append(write)
-        # A required write has a client waiting for it: now.  Eventual ones
-        # wait a few milliseconds, so that one transaction carries many and
-        # a short job's start and end become one write (``withdraw``).
-        self._schedule(0 if write.required else EVENTUAL_DELAY)
+        if write.required:
+            # A request (or a cluster's heartbeat) waits for this write: now,
+            # also during an outage's backoff, so a submission gets its 503
+            # at once and the first write after the database returns goes
+            # through at once.
+            self._schedule(0, sooner=True)
+        else:
+            # Eventual writes wait a few milliseconds, so that one transaction
+            # carries many and a short job's start and end become one write
+            # (``withdraw``); they never cut a backoff short.
+            self._schedule(EVENTUAL_DELAY)
         return write.done
 
     def withdraw(self, write: Write) -> bool:
@@ -140,7 +153,7 @@ class Journal:
             d.callback(None)
         else:
             self._idle_waiters.append(d)
-            self._schedule(0)
+            self._schedule(0, sooner=True)
         return d
 
     def stop(self) -> None:
@@ -154,12 +167,12 @@ class Journal:
 
     # -- internals --------------------------------------------------------
 
-    def _schedule(self, delay: float) -> None:
+    def _schedule(self, delay: float, sooner: bool = False) -> None:
         if self._busy or not self._pending or not self.running:
             return
         call = self._flush_call
         if call is not None:
-            if call.getTime() <= self.reactor.seconds() + delay:
+            if not sooner or call.getTime() <= self.reactor.seconds() + delay:
                 return
             call.cancel()  # a sooner flush is wanted
         self._flush_call = self.reactor.callLater(delay, self._flush)
@@ -178,19 +191,23 @@ class Journal:
 
     def _run_batch(self, batch: list[Write]) -> tuple[str, Any]:
         """On the writer thread: the whole batch in one transaction."""
-        connection = self._connection()
-        try:
-            self._begin(connection)
-            results = [write.run(connection) for write in batch]
-            self._commit(connection)
-            return "ok", results
-        except BaseException as e:
+        for attempt in range(TRANSIENT_RETRIES + 1):
+            connection = self._open_transaction()
             try:
-                self._rollback(connection)
-            except BaseException:
-                pass
-            if self._is_outage(e):
-                return "outage", e
+                results = [write.run(connection) for write in batch]
+                self._commit(connection)
+                return "ok", results
+            except BaseException as e:
+                try:
+                    self._rollback(connection)
+                except BaseException:
+                    pass
+                if self._is_transient(e) and attempt < TRANSIENT_RETRIES:
+                    # Rolled back whole: nothing of it is in, run it again.
+                    continue
+                if self._is_outage(e):
+                    return "outage", e
+                break
         # Not the database's fault: one write per transaction, to find it.
         outcomes: list[tuple[str, Any]] = []
         for write in batch:
@@ -206,6 +223,24 @@ class Journal:
                     pass
                 outcomes.append(("outage" if self._is_outage(e) else "bug", Failure()))
         return "each", outcomes
+
+    def _open_transaction(self) -> Any:
+        """On the writer thread: a connection in a new transaction.
+
+        A connection that went stale while it was idle (the server
+        restarted, or came back after an outage) fails at ``BEGIN``, before
+        anything of the batch was sent: a fresh one gets one more try, so
+        the first write after the database returns does not fail.
+        """
+        connection = self._connection()
+        try:
+            self._begin(connection)
+        except BaseException as e:
+            if not self._is_outage(e):
+                raise
+            connection = self._connection()
+            self._begin(connection)
+        return connection
 
     def _batch_done(self, outcome: Any, batch: list[Write]) -> None:
         self._busy = False
@@ -247,7 +282,8 @@ class Journal:
             # Keep the order: the failed eventual writes go first.
             self._pending[:0] = retry
             self._retry_delay = min(max(self._retry_delay * 2, RETRY_FIRST), RETRY_CAP)
-            self._schedule(self._retry_delay)
+            # Required writes handed over meanwhile are not kept waiting (see submit).
+            self._schedule(0 if any(write.required for write in self._pending) else self._retry_delay)
         else:
             self._schedule(0)
         if not self._pending and not self._busy and self._idle_waiters:

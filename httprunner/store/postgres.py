@@ -38,7 +38,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -69,8 +69,16 @@ try:  # an optional dependency: only a cluster needs it
 except ImportError:  # pragma: no cover - reported at startup
     psycopg = None  # type: ignore[assignment]
 
+_T = TypeVar("_T")
+
 #: the schema this code writes; a database with a newer one refuses to start
 SCHEMA_VERSION = 1
+#: seconds the listening thread waits for a notification before it looks
+#: whether the store is closing (a close waits for it that long at most)
+LISTEN_WAKEUP = 0.2
+#: finished jobs evicted per statement of a prune (a prune that evicts this
+#: many has more to do)
+PRUNE_BATCH = 1000
 SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 _TIMESTAMPS = frozenset({"created_at", "started_at", "finished_at"})
@@ -198,6 +206,16 @@ def _is_outage(error: BaseException) -> bool:
     )
 
 
+def _is_transient(error: BaseException) -> bool:
+    """The transaction was rolled back and may simply be run again: a
+    deadlock between two nodes' batches (each batch holds the rows it
+    wrote until it commits: a node canceling another's job while that one
+    cancels one of its own can cross them)."""
+    return psycopg is not None and isinstance(
+        error, psycopg.errors.DeadlockDetected | psycopg.errors.SerializationFailure
+    )
+
+
 def redact(uri: str) -> str:
     """The URI without its password, for logs and /healthz."""
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", uri)
@@ -273,12 +291,42 @@ class PostgresJobStore:
         self.connected = False
         self.last_error: str | None = None
         self.counters = {"claims": 0, "notifies_sent": 0, "notifies_received": 0, "lost_declared": 0}
+        #: terminal states this node recorded since its last prune (the
+        #: cluster prunes sooner when they add up, see cluster.py)
+        self.finished_since_prune = 0
 
     # -- connections --------------------------------------------------------
 
     def connect(self) -> Any:
         assert psycopg is not None
-        return psycopg.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
+        c = psycopg.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
+        try:
+            for setting, value in self.session_settings().items():
+                c.execute("SELECT set_config(%s, %s, false)", (setting, value))
+        except BaseException:
+            c.close()
+            raise
+        return c
+
+    def session_settings(self) -> dict[str, str]:
+        """What each connection sets on the server's side (plain SETs, so a
+        pooler that refuses startup options does not mind).
+
+        A node paused (SIGSTOP, a stalled VM) or cut off in the middle of a
+        write batch leaves its session idle in a transaction that holds the
+        rows it wrote: the sweep of a live node waits for them, and with it
+        every write of that node (admissions, heartbeats), for as long as
+        the pause lasts. The server ends such a session after one
+        heartbeat (the sweep waits three), and notices a vanished peer
+        in seconds rather than after the kernel's two hours (TCP
+        keepalives, the node name's lock included).
+        """
+        return {
+            "idle_in_transaction_session_timeout": "%dms" % (max(self.heartbeat_interval, 1.0) * 1000),
+            "tcp_keepalives_idle": "5",
+            "tcp_keepalives_interval": "2",
+            "tcp_keepalives_count": "3",
+        }
 
     def _writer_connection(self) -> Any:
         """The journal thread's connection, opened again after an outage."""
@@ -334,6 +382,7 @@ class PostgresJobStore:
             commit=lambda c: c.execute("COMMIT"),
             rollback=_rollback,
             is_outage=_is_outage,
+            is_transient=_is_transient,
             name="httprunner-pg-write",
             on_state=self._write_state,
         )
@@ -398,7 +447,9 @@ class PostgresJobStore:
             lost += [
                 self._job(row)
                 for row in c.execute(
-                    "SELECT %s FROM %s.jobs WHERE node = %%s AND state = 'lost' AND boot_id = %%s"
+                    # (no pid: the start was never recorded; the runner
+                    # finds such a job's processes by its id)
+                    "SELECT %s FROM %s.jobs WHERE node = %%s AND state = 'lost' AND (boot_id = %%s OR pid IS NULL)"
                     " AND finished_at > now() - interval '7 days'" % (_SUMMARY, s),
                     (self.node_name, orphans.boot_id()),
                 ).fetchall()
@@ -632,7 +683,6 @@ class PostgresJobStore:
             "id": job.id,
             "lease": job.lease,
             "pid": job.pid,
-            "node": job.node,
             "started_at": job.started_at,
             "proc_start": None,
             "boot_id": None,
@@ -647,7 +697,9 @@ class PostgresJobStore:
 
         def run(c: Any) -> None:
             c.execute(
-                "UPDATE %s.jobs SET pid = %%(pid)s, node = %%(node)s, started_at = to_timestamp(%%(started_at)s),"
+                # (not the node: the admission or the claim that gave this
+                # node the lease recorded it, and it must stay this node's)
+                "UPDATE %s.jobs SET pid = %%(pid)s, started_at = to_timestamp(%%(started_at)s),"
                 " proc_start = %%(proc_start)s, boot_id = %%(boot_id)s WHERE id = %%(id)s AND lease = %%(lease)s" % s,
                 args,
             )
@@ -694,7 +746,12 @@ class PostgresJobStore:
             c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (job.id,))
             return row is not None
 
-        return self._write(job, run, required=False)
+        return self._write(job, run, required=False).addCallback(self._count_finished)
+
+    def _count_finished(self, won: Any) -> Any:
+        if won is True:
+            self.finished_since_prune += 1
+        return won
 
     def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
         args = {**record, "id": job_id, "node": self.node_name}
@@ -751,6 +808,7 @@ class PostgresJobStore:
             if row is None:
                 self.notify("cancel", "")
                 return None
+            self.finished_since_prune += 1
             return self._job(row)
 
         return self._write(None, run, required=True).addCallback(done)
@@ -808,11 +866,15 @@ class PostgresJobStore:
         def run(c: Any) -> list[Job]:
             if not c.execute("SELECT pg_try_advisory_xact_lock(%s) AS locked", (key,)).fetchone()["locked"]:
                 return []
+            # Never this node itself: it is alive, whatever its last
+            # heartbeat says (back from a pause, its sweep may run before
+            # its heartbeat; alone in the cluster, it would kill its jobs).
             dead = [
                 row["name"]
                 for row in c.execute(
-                    "UPDATE %s.nodes SET state = 'dead' WHERE state = 'alive'"
-                    " AND heartbeat_at < now() - make_interval(secs => 3 * heartbeat_interval) RETURNING name" % s
+                    "UPDATE %s.nodes SET state = 'dead' WHERE state = 'alive' AND name <> %%s"
+                    " AND heartbeat_at < now() - make_interval(secs => 3 * heartbeat_interval) RETURNING name" % s,
+                    (self.node_name,),
                 ).fetchall()
             ]
             if not dead:
@@ -829,6 +891,7 @@ class PostgresJobStore:
 
         def swept(lost: list[Job]) -> list[Job]:
             self.counters["lost_declared"] += len(lost)
+            self.finished_since_prune += len(lost)
             return lost
 
         return self._write(None, run, required=True).addCallback(swept)
@@ -860,6 +923,7 @@ class PostgresJobStore:
         """Evict finished jobs older than ``before`` and beyond --max-jobs,
         in batches, one node at a time."""
         s = self._s
+        self.finished_since_prune = 0
         key = _lock_key(self.schema, "prune")
         max_finished = self.max_finished
 
@@ -870,11 +934,11 @@ class PostgresJobStore:
             if before > 0:
                 evicted += c.execute(
                     "DELETE FROM %s.jobs WHERE seq IN (SELECT seq FROM %s.jobs WHERE finished_at IS NOT NULL"
-                    " AND finished_at < to_timestamp(%%s) ORDER BY finished_at LIMIT 1000)" % (s, s),
-                    (before,),
+                    " AND finished_at < to_timestamp(%%s) ORDER BY finished_at LIMIT %%s)" % (s, s),
+                    (before, PRUNE_BATCH),
                 ).rowcount
             finished = c.execute("SELECT count(*) AS n FROM %s.jobs WHERE finished_at IS NOT NULL" % s).fetchone()["n"]
-            excess = min(finished - max_finished, 1000)
+            excess = min(finished - max_finished, PRUNE_BATCH)
             if excess > 0:
                 evicted += c.execute(
                     "DELETE FROM %s.jobs WHERE seq IN (SELECT seq FROM %s.jobs WHERE finished_at IS NOT NULL"
@@ -887,16 +951,38 @@ class PostgresJobStore:
 
     # -- reads ----------------------------------------------------------------
 
-    def _query(self, sql: str, args: Any = ()) -> Deferred[list[dict[str, Any]]]:
-        def run() -> list[dict[str, Any]]:
+    def _read(self, work: Callable[[Any], _T]) -> Deferred[_T]:
+        """``work(connection)`` on a reader thread; an outage fails it with
+        StoreUnavailable.
+
+        A connection that went stale while it was idle (the server
+        restarted, or came back after an outage) fails on first use: a
+        fresh one tries once more (a read has no effect to repeat), so the
+        first request after the database returns does not fail.
+        """
+
+        def run() -> _T:
+            c = getattr(self._local, "connection", None)
+            reused = c is not None and not c.closed and not c.broken
             try:
-                return list(self._reader_connection().execute(sql, args).fetchall())
+                return work(self._reader_connection())
             except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+                if not _is_outage(e):
+                    raise
+                error = e
+            if reused:
+                try:
+                    return work(self._reader_connection())
+                except Exception as e:
+                    if not _is_outage(e):
+                        raise
+                    error = e
+            raise StoreUnavailable("the database is unreachable: %s" % _one_line(error))
 
         return deferToThreadPool(self.reactor, self._readers, run)
+
+    def _query(self, sql: str, args: Any = ()) -> Deferred[list[dict[str, Any]]]:
+        return self._read(lambda c: list(c.execute(sql, args).fetchall()))
 
     def _job(self, row: Any) -> Job:
         return job_from_row(row, self.max_output, self.delivery_factory)
@@ -927,21 +1013,13 @@ class PostgresJobStore:
         )
         s = self._s
 
-        def run() -> builtins.list[dict[str, Any]]:
-            c = self._reader_connection()
-            try:
-                if (
-                    query.before is not None
-                    and not c.execute("SELECT 1 FROM %s.jobs WHERE id = %%s" % s, (query.before,)).fetchone()
-                ):
-                    raise UnknownCursor(query.before)
-                return list(c.execute(sql, args).fetchall())
-            except UnknownCursor:
-                raise
-            except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+        def run(c: Any) -> builtins.list[dict[str, Any]]:
+            if (
+                query.before is not None
+                and not c.execute("SELECT 1 FROM %s.jobs WHERE id = %%s" % s, (query.before,)).fetchone()
+            ):
+                raise UnknownCursor(query.before)
+            return list(c.execute(sql, args).fetchall())
 
         def jobs_of(rows: builtins.list[dict[str, Any]]) -> builtins.list[Job]:
             found = []
@@ -952,34 +1030,28 @@ class PostgresJobStore:
                     found.append(job)
             return found
 
-        return deferToThreadPool(self.reactor, self._readers, run).addCallback(jobs_of)
+        return self._read(run).addCallback(jobs_of)
 
     def counts(self, since: float) -> Deferred[Any]:
         s = self._s
 
-        def run() -> StoreCounts:
-            c = self._reader_connection()
-            try:
-                states = {
-                    r["state"]: r["n"]
-                    for r in c.execute("SELECT state, count(*) AS n FROM %s.jobs GROUP BY state" % s).fetchall()
-                }
-                finished = [
-                    (int(r["minute"]), r["state"], r["n"])
-                    for r in c.execute(
-                        "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60)::bigint AS minute, state,"
-                        " count(*) AS n FROM %s.jobs WHERE finished_at >= to_timestamp(%%s)"
-                        " GROUP BY minute, state ORDER BY minute" % s,
-                        (since,),
-                    ).fetchall()
-                ]
-            except Exception as e:
-                if _is_outage(e):
-                    raise StoreUnavailable("the database is unreachable: %s" % _one_line(e)) from None
-                raise
+        def run(c: Any) -> StoreCounts:
+            states = {
+                r["state"]: r["n"]
+                for r in c.execute("SELECT state, count(*) AS n FROM %s.jobs GROUP BY state" % s).fetchall()
+            }
+            finished = [
+                (int(r["minute"]), r["state"], r["n"])
+                for r in c.execute(
+                    "SELECT (floor(extract(epoch FROM finished_at) / 60) * 60)::bigint AS minute, state,"
+                    " count(*) AS n FROM %s.jobs WHERE finished_at >= to_timestamp(%%s)"
+                    " GROUP BY minute, state ORDER BY minute" % s,
+                    (since,),
+                ).fetchall()
+            ]
             return StoreCounts(states=states, finished=finished)
 
-        return deferToThreadPool(self.reactor, self._readers, run)
+        return self._read(run)
 
     def nodes(self) -> Deferred[builtins.list[NodeView]]:
         rows = self._query(
@@ -1089,7 +1161,7 @@ class _Listener:
                     self.open()
                     reactor.callFromThread(self.log.info, "listening again on the cluster's channels")
                     reactor.callFromThread(store.on_notify, store.channel("queued"), "")
-                for note in self.connection.notifies(timeout=1.0):
+                for note in self.connection.notifies(timeout=LISTEN_WAKEUP):
                     reactor.callFromThread(store.on_notify, note.channel, note.payload)
                     if self._stopping.is_set():
                         break
