@@ -284,6 +284,10 @@ class PostgresJobStore:
         self._local = threading.local()
         self._listener: _Listener | None = None
         self._unsaved: dict[str, list[Any]] = {}
+        #: claimed jobs whose request (environment, stdin) is in the database
+        self._with_request: set[str] = set()
+        #: start writes not handed to the writer thread yet, by job
+        self._pending_start: dict[str, tuple[Write, bool]] = {}
         self._reader_connections: list[Any] = []
         #: called on the reactor thread with each notification's channel
         self.on_notify: Callable[[str, str], None] = lambda channel, payload: None
@@ -554,11 +558,17 @@ class PostgresJobStore:
     # -- writes ---------------------------------------------------------------
 
     def _write(
-        self, job: Job | None, run: Callable[[Any], Any], required: bool, prepare: Callable[[], None] | None = None
+        self,
+        job: Job | None,
+        run: Callable[[Any], Any],
+        required: bool,
+        prepare: Callable[[], None] | None = None,
+        write: Write | None = None,
     ) -> Deferred[Any]:
         if self._journal is None:
             return _failed(StoreUnavailable("the store is closed"))
-        write = Write(run=run, required=required, job_id=None if job is None else job.id, prepare=prepare)
+        if write is None:
+            write = Write(run=run, required=required, job_id=None if job is None else job.id, prepare=prepare)
         if job is not None:
             entry = self._unsaved.get(job.id)
             if entry is None:
@@ -588,8 +598,12 @@ class PostgresJobStore:
             values["lease"] = job.lease = secrets.token_hex(16)
         else:
             values["lease"] = None
-        assert job.launch is not None
-        request = json.dumps(request_record(job.launch), ensure_ascii=False)
+        # A job that starts here at once is never run from its request again
+        # (a crash leaves it lost): only a queued job's request is written.
+        request = None
+        if not starting:
+            assert job.launch is not None
+            request = json.dumps(request_record(job.launch), ensure_ascii=False)
         names = list(values)
         insert = "INSERT INTO %s.jobs (%s) SELECT %s" % (self._s, ", ".join(names), ", ".join(map(_value, names)))
         s = self._s
@@ -612,7 +626,8 @@ class PostgresJobStore:
                 ).fetchone()
                 if row is None:
                     return QueueFull()
-            c.execute("INSERT INTO %s.requests (job_id, request) VALUES (%%s, %%s::jsonb)" % s, (job.id, request))
+            if request is not None:
+                c.execute("INSERT INTO %s.requests (job_id, request) VALUES (%%s, %%s::jsonb)" % s, (job.id, request))
             return row["seq"]
 
         def admitted(result: Any) -> None:
@@ -653,6 +668,7 @@ class PostgresJobStore:
 
         def claimed(rows: list[dict[str, Any]]) -> list[Claimed]:
             self.counters["claims"] += len(rows)
+            self._with_request.update(row["id"] for row in rows if row["request"] is not None)
             return [
                 Claimed(self._job(row), None if row["request"] is None else json.loads(row["request"])) for row in rows
             ]
@@ -688,6 +704,8 @@ class PostgresJobStore:
             "boot_id": None,
         }
         s = self._s
+        had_request = job.id in self._with_request
+        self._with_request.discard(job.id)
 
         def prepare() -> None:
             # At the flush, not at the spawn: /proc waits for the exec.
@@ -703,9 +721,19 @@ class PostgresJobStore:
                 " proc_start = %%(proc_start)s, boot_id = %%(boot_id)s WHERE id = %%(id)s AND lease = %%(lease)s" % s,
                 args,
             )
-            c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (args["id"],))
+            if had_request:
+                c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (args["id"],))
 
-        self._write(job, run, required=False, prepare=prepare)
+        # Withdrawn if the job ends before it is sent: the end carries it all.
+        write = Write(run=run, required=False, job_id=job.id, prepare=prepare)
+        self._pending_start[job.id] = (write, had_request)
+        self._write(job, run, required=False, write=write).addBoth(self._start_written, job.id, write)
+
+    def _start_written(self, result: Any, job_id: str, write: Write) -> Any:
+        pending = self._pending_start.get(job_id)
+        if pending is not None and pending[0] is write:
+            del self._pending_start[job_id]
+        return result
 
     def output_progress(self, job: Job, parts: dict[str, bytes | int]) -> Deferred[Any]:
         """Write a running job's output so far (head, tail, counts) for
@@ -727,6 +755,11 @@ class PostgresJobStore:
     def finished(self, job: Job) -> Deferred[bool]:
         values = job_values(job)
         values.pop("id")
+        start = self._pending_start.pop(job.id, None)
+        withdrawn = start is not None and self._journal is not None and self._journal.withdraw(start[0])
+        # the end deletes the request the withdrawn start was to delete
+        had_request = (withdrawn and start is not None and start[1]) or job.id in self._with_request
+        self._with_request.discard(job.id)
         values["delivery_owner"] = self.node_name if job.callback_delivery is not None else None
         assignments = ", ".join("%s = %s" % (name, _value(name)) for name in values)
         args = {**values, "id": job.id, "lease": job.lease}
@@ -743,7 +776,8 @@ class PostgresJobStore:
                 % (s, assignments, condition),
                 args,
             ).fetchone()
-            c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (job.id,))
+            if had_request:
+                c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (job.id,))
             return row is not None
 
         return self._write(job, run, required=False).addCallback(self._count_finished)
