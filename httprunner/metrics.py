@@ -138,6 +138,7 @@ CLUSTER_COUNTERS = {
     "notifies_sent": "NOTIFY hints this node sent (queued jobs, cancel requests).",
     "notifies_received": "NOTIFY hints this node received.",
     "lost_declared": "Jobs of dead nodes this node declared lost.",
+    "statements": "SQL statements this node sent to the database.",
 }
 
 

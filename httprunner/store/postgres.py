@@ -41,6 +41,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
+import psycopg
+from psycopg.rows import dict_row
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -61,13 +63,14 @@ from httprunner.store.base import (
     UnknownNode,
 )
 from httprunner.store.journal import Journal, Write
-from httprunner.store.rows import LOST_ERROR, OUTPUT_COLUMNS, SUMMARY_COLUMNS, job_from_row, job_values
-
-try:  # an optional dependency: only a cluster needs it
-    import psycopg
-    from psycopg.rows import dict_row
-except ImportError:  # pragma: no cover - reported at startup
-    psycopg = None  # type: ignore[assignment]
+from httprunner.store.rows import (
+    LOST_ERROR,
+    OUTPUT_COLUMNS,
+    SUMMARY_COLUMNS,
+    admission_values,
+    ending_values,
+    job_from_row,
+)
 
 _T = TypeVar("_T")
 
@@ -199,8 +202,6 @@ def _lock_key(schema: str, what: str) -> int:
 
 def _is_outage(error: BaseException) -> bool:
     """The server is gone or refuses for now (as opposed to a bug)."""
-    if psycopg is None:
-        return False
     return isinstance(error, psycopg.OperationalError | psycopg.InterfaceError) or (
         isinstance(error, psycopg.errors.AdminShutdown | psycopg.errors.CannotConnectNow)
     )
@@ -294,7 +295,16 @@ class PostgresJobStore:
         #: the state /healthz and /metrics show
         self.connected = False
         self.last_error: str | None = None
-        self.counters = {"claims": 0, "notifies_sent": 0, "notifies_received": 0, "lost_declared": 0}
+        self.counters = {
+            "claims": 0,
+            "notifies_sent": 0,
+            "notifies_received": 0,
+            "lost_declared": 0,
+            "statements": 0,
+        }
+        self._connection_class: type[_CountedConnection] = type(
+            "CountedConnection", (_CountedConnection,), {"counters": self.counters}
+        )
         #: terminal states this node recorded since its last prune (the
         #: cluster prunes sooner when they add up, see cluster.py)
         self.finished_since_prune = 0
@@ -302,8 +312,7 @@ class PostgresJobStore:
     # -- connections --------------------------------------------------------
 
     def connect(self) -> Any:
-        assert psycopg is not None
-        c = psycopg.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
+        c = self._connection_class.connect(self.uri, autocommit=True, row_factory=dict_row, **CONNECT_OPTIONS)  # type: ignore[arg-type]
         try:
             for setting, value in self.session_settings().items():
                 c.execute("SELECT set_config(%s, %s, false)", (setting, value))
@@ -360,8 +369,6 @@ class PostgresJobStore:
 
     def open(self) -> Recovery:
         """Connect, migrate, claim the node name, recover; StoreError in one line."""
-        if psycopg is None:
-            raise StoreError("--store postgresql:// needs psycopg: pip install 'psycopg[binary]'")
         try:
             c = self.connect()
         except psycopg.Error as e:
@@ -590,7 +597,7 @@ class PostgresJobStore:
     def admit(self, job: Job, starting: bool) -> Deferred[None]:
         """Insert the job: running on this node (with a fresh lease) or
         queued in the shared queue (bounded by --max-queued)."""
-        values = job_values(job)
+        values = admission_values(job)
         values["pinned_node"] = job.pinned_node
         if starting:
             values["state"] = jobs.RUNNING
@@ -753,8 +760,7 @@ class PostgresJobStore:
         return self._write(None, run, required=False)
 
     def finished(self, job: Job) -> Deferred[bool]:
-        values = job_values(job)
-        values.pop("id")
+        values = ending_values(job)
         start = self._pending_start.pop(job.id, None)
         withdrawn = start is not None and self._journal is not None and self._journal.withdraw(start[0])
         # the end deletes the request the withdrawn start was to delete
@@ -1135,6 +1141,19 @@ class PostgresJobStore:
             return max(offset, tail_start), bytes(row["tail"] or b""), finished
 
         return self._query(sql, {"off": offset, "id": job_id}).addCallback(shape)
+
+
+class _CountedConnection(psycopg.Connection[Any]):
+    """A connection that counts the statements the store sends through it
+    (``httprunner_cluster_statements_total``: statements per job is what a
+    cluster costs its database).  Subclassed per store with its counters;
+    a lost count from two threads at once is of no consequence."""
+
+    counters: dict[str, int]
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        self.counters["statements"] += 1
+        return super().execute(*args, **kwargs)
 
 
 class _Listener:

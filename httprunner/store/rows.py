@@ -55,20 +55,17 @@ SUMMARY_COLUMNS = (
 OUTPUT_COLUMNS = ("stdout_head", "stdout_tail", "stderr_head", "stderr_tail")
 
 
+#: what an admission writes (every other column starts NULL, or 0 for counts)
+ADMISSION_COLUMNS = ("id", "state", "command", "arguments", "search", "callback", "created_at", "timeout")
+
+
 def job_values(job: Job) -> dict[str, Any]:
     """Every column of ``job``'s row, output included."""
-    values = summary_values(job)
-    for name, buffer in (("stdout", job.stdout), ("stderr", job.stderr)):
-        head, tail, total = buffer.parts()
-        values[name + "_head"] = head
-        values[name + "_tail"] = tail
-    return values
+    return {**admission_values(job), **ending_values(job)}
 
 
-def summary_values(job: Job) -> dict[str, Any]:
-    """The columns of ``job``'s row without its output bytes."""
-    identity = job.identity
-    delivery = job.callback_delivery
+def admission_values(job: Job) -> dict[str, Any]:
+    """The columns an admission writes."""
     return {
         "id": job.id,
         "state": job.state,
@@ -76,22 +73,27 @@ def summary_values(job: Job) -> dict[str, Any]:
         "arguments": json.dumps(job.arguments, ensure_ascii=False),
         "search": job.command_line.casefold(),
         "callback": job.callback,
+        "created_at": job.created_at,
+        "timeout": job.timeout,
+    }
+
+
+def ending_values(job: Job) -> dict[str, Any]:
+    """The columns that may change after the admission (what an end writes)."""
+    identity = job.identity
+    delivery = job.callback_delivery
+    values = {
+        "state": job.state,
         "code": job.code,
         "signal": job.signal,
         "err": None if job.err is None else json.dumps(job.err, ensure_ascii=False),
         "pid": job.pid,
         "node": job.node,
-        "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         "duration": job.duration,
-        "timeout": job.timeout,
         "cpu_seconds": job.cpu_seconds,
         "max_rss_bytes": job.max_rss_bytes,
-        "stdout_total": job.stdout.total,
-        "stderr_total": job.stderr.total,
-        "stdout_kept": job.stdout.total - job.stdout.dropped,
-        "stderr_kept": job.stderr.total - job.stderr.dropped,
         "proc_start": None if identity is None else identity[0],
         "boot_id": None if identity is None else identity[1],
         "delivery_state": None if delivery is None else delivery.state,
@@ -99,6 +101,13 @@ def summary_values(job: Job) -> dict[str, Any]:
         "delivery_last_status": None if delivery is None else delivery.last_status,
         "delivery_last_error": None if delivery is None else delivery.last_error,
     }
+    for name, buffer in (("stdout", job.stdout), ("stderr", job.stderr)):
+        head, tail, total = buffer.parts()
+        values[name + "_head"] = head
+        values[name + "_tail"] = tail
+        values[name + "_total"] = total
+        values[name + "_kept"] = len(head) + len(tail)
+    return values
 
 
 def job_from_row(row: Any, max_output: int, delivery_factory: Any) -> Job:
@@ -132,9 +141,10 @@ def job_from_row(row: Any, max_output: int, delivery_factory: Any) -> Job:
         head = _optional(row, name + "_head")
         tail = _optional(row, name + "_tail")
         total = row[name + "_total"]
-        if job.state == QUEUED:
-            # A queued job is yet to run (after a restart, or claimed in a
-            # cluster): it needs buffers that take its output.
+        if job.state == QUEUED or (head is None and total == 0 and _selected(row, name + "_head")):
+            # A job yet to run (queued after a restart, or just claimed in a
+            # cluster), or one that wrote nothing yet: buffers that take
+            # its output.
             buffer: OutputBuffer = OutputBuffer(max_output)
         elif head is None:
             # No output columns: an empty buffer that still shows how much
@@ -166,3 +176,9 @@ def _optional(row: Mapping[str, Any], column: str) -> Any:
         return row[column]
     except (IndexError, KeyError):
         return None
+
+
+def _selected(row: Any, column: str) -> bool:
+    """Whether the query selected ``column`` (it may still be NULL)."""
+    keys = row.keys()
+    return column in keys

@@ -50,7 +50,14 @@ from httprunner.store.base import (
     UnknownCursor,
 )
 from httprunner.store.journal import Journal, Write
-from httprunner.store.rows import LOST_ERROR, OUTPUT_COLUMNS, SUMMARY_COLUMNS, job_from_row, job_values
+from httprunner.store.rows import (
+    LOST_ERROR,
+    OUTPUT_COLUMNS,
+    SUMMARY_COLUMNS,
+    admission_values,
+    ending_values,
+    job_from_row,
+)
 
 #: the schema this code writes; migrations below bring older files here
 SCHEMA_VERSION = 1
@@ -389,7 +396,7 @@ class SQLiteJobStore:
         return result
 
     def admit(self, job: Job, starting: bool = False) -> Deferred[None]:
-        values = job_values(job)
+        values = admission_values(job)
         request: str | None = None
         if starting:
             # Recorded as running from the start: a crash between the spawn
@@ -473,8 +480,8 @@ class SQLiteJobStore:
         return result
 
     def finished(self, job: Job) -> Deferred[bool]:
-        values = job_values(job)
-        job_id = values.pop("id")
+        values = ending_values(job)
+        job_id = job.id
         assignments = ", ".join("%s = ?" % name for name in values)
         start = self._pending_start.pop(job_id, None)
         if start is not None and self._journal is not None and self._journal.withdraw(start[0]) and start[1]:
