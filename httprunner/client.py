@@ -11,7 +11,7 @@ This module is deliberately standard library only (``http.client``,
 ``argparse``, threads): it must start fast and run wherever the package is
 installed, so it never imports Twisted or anything else from the daemon.
 
-Exit codes of the client itself sit in a block (200-206) that exit codes of
+Exit codes of the client itself sit in a block (200-207) that exit codes of
 ordinary programs and of signals (128 + n, at most 192) do not reach, so a
 script can tell "the job failed" from "the client could not do its work".
 """
@@ -51,6 +51,7 @@ EXIT_AUTH = 203  #: 401 (missing or wrong token) or 403 (not allowed)
 EXIT_NOT_FOUND = 204  #: 404: unknown or evicted job
 EXIT_BUSY = 205  #: 503 (queue full or out of resources) after the retries; try again later
 EXIT_WAIT_TIMEOUT = 206  #: ``wait --timeout`` elapsed before the job ended
+EXIT_LOST = 207  #: the job was lost: it was running when its daemon (or cluster node) died
 EXIT_INTERRUPTED = 130  #: Ctrl-C (128 + SIGINT), as a shell reports it
 
 #: how long ``wait`` asks the server to hold one long-poll, in seconds
@@ -471,6 +472,10 @@ def job_code(job: Mapping[str, Any]) -> int | None:
         return None
     if isinstance(code, bool) or not isinstance(code, int):
         raise ClientError(f"the server sent a job code that is not an integer: {code!r}")
+    if job.get("state") == "lost":
+        # Its real exit status is unknown (code -1): a code of its own, so a
+        # script can tell "lost in a crash, maybe run it again" from failed.
+        return EXIT_LOST
     # The daemon reports 0-255 (128 + n for signals); anything else cannot
     # be an exit status, so it is reported as a plain failure.
     return code if 0 <= code <= 255 else 1
@@ -1160,7 +1165,8 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[connection],
         description="Run commands on an httprunner daemon.",
         epilog="Client exit codes: 200 usage, 201 connection, 202 HTTP error, 203 401/403, "
-        "204 404, 205 503 busy, 206 wait timed out, 130 interrupted; otherwise the job's code.",
+        "204 404, 205 503 busy, 206 wait timed out, 207 job lost in a crash, 130 interrupted;"
+        " otherwise the job's code.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", parser_class=_Parser)

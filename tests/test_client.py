@@ -510,8 +510,9 @@ def test_client_exit_codes_cannot_be_job_codes_of_signals_or_shells() -> None:
         client.EXIT_NOT_FOUND,
         client.EXIT_BUSY,
         client.EXIT_WAIT_TIMEOUT,
+        client.EXIT_LOST,
     }
-    assert len(codes) == 7
+    assert len(codes) == 8
     # 0-2 common, 124-127 timeout/env/shell, 128+n for every Linux signal (n <= 64)
     assert not codes & ({0, 1, 2, 124, 125, 126, 127} | set(range(128, 128 + 65)))
     assert all(code < 256 for code in codes)
@@ -719,6 +720,19 @@ def test_wait_long_polls_and_exits_with_the_code(fake: FakeDaemon) -> None:
     result = cli(fake, "wait", job.id)
     assert result.code == 7
     assert any(target.endswith("?wait=30") for _, target, _ in fake.requests)
+
+
+def test_a_lost_job_exits_207_from_run_and_wait(fake: FakeDaemon) -> None:
+    # A durable store's job that was running when its daemon died: code -1,
+    # which no exit status can carry.
+    lost = {"code": "LOST", "message": "the daemon stopped while the job was running"}
+    fake.script = scripted([("stdout", b"half\n")], -1, "lost", lost)
+    result = cli(fake, "run", "--", "job")
+    assert (result.code, result.out) == (client.EXIT_LOST, b"half\n") and client.EXIT_LOST == 207
+    job = FakeJob({"command": "slow"})
+    fake.jobs[job.id] = job
+    threading.Timer(0.3, fake.finish, (job, -1, "lost", lost)).start()
+    assert cli(fake, "wait", job.id).code == 207
 
 
 def test_wait_timeout_exits_206_and_leaves_the_job_alone(fake: FakeDaemon) -> None:
