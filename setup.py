@@ -23,7 +23,7 @@ setup(
     # bounds: Twisted, klein and treq are calendar-versioned and remove
     # deprecated APIs after a year, so they stop before the next year's
     # releases; prometheus-client and idna before their next major version.
-    # README.rst, "Decisions beyond the design", says why; constraints.txt
+    # docs/decisions.rst, "Decisions beyond the design", says why; constraints.txt
     # pins what CI last passed with.
     install_requires=[
         "Twisted[tls]>=26.10,<27",

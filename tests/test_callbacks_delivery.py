@@ -380,7 +380,7 @@ def test_connection_errors_are_logged_with_the_error_text() -> None:
 
 
 def test_events_keep_the_documented_namespace() -> None:
-    # README ("Logs") names it; operators' filters must survive the move to callbacks/.
+    # docs/operating.rst ("Logs") names it; operators' filters must survive the move to callbacks/.
     h = Harness(attempts=1)
     with capturedLogs() as events:
         h.deliver("http://127.0.0.1:8080/hook")

@@ -4,7 +4,7 @@ Twisted may change a private name in any release, without deprecation.  The
 behaviour that rests on these names is covered by the integration tests
 (sessions on both spawn paths, the SIGTERM exit status, 408/413 answers);
 this file names the exact API that moved when one of them breaks after an
-upgrade.  README.rst ("Private APIs we depend on") lists them with the
+upgrade.  docs/decisions.rst ("Private APIs we depend on") lists them with the
 reason for each; keep both in step.
 """
 
@@ -22,7 +22,7 @@ from twisted.web import http
 
 #: dotted name -> the signature we rely on (``str(inspect.signature(...))``,
 #: defaults included: the guard reads the endpoint parsers' defaults).  To
-#: depend on one more private method, add its line here and to the README.
+#: depend on one more private method, add its line here and to docs/decisions.rst.
 SIGNATURES = {
     # process.SessionProcess overrides these two; Process._fork calls them
     # positionally with these arguments.

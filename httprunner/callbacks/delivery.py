@@ -59,7 +59,7 @@ DELIVERY_STATES = (DELIVERY_PENDING, DELIVERY_DELIVERED, DELIVERY_FAILED, DELIVE
 SHUTDOWN_ERROR = "the daemon shut down before the callback was delivered"
 CANCELED_ERROR = "the callback delivery was canceled"
 
-#: The namespace of callback log events. Operators filter on it (README,
+#: The namespace of callback log events. Operators filter on it (docs/operating.rst,
 #: "Logs"), so it stays what it was before notify.py became this package
 #: (a ``Logger()`` class attribute would take this module's name instead).
 LOG_NAMESPACE = "httprunner.notify.Notifier"
