@@ -43,6 +43,8 @@ setup(
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",
             "schemathesis>=4.30",
+            # the docs parse as reStructuredText (tests/test_docs.py)
+            "docutils>=0.20",
             # browser tests: the Python package only; the browser is Debian's
             # chromium (a Playwright browser download does not work here)
             "playwright>=1.45",
