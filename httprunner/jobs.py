@@ -11,6 +11,7 @@ import base64
 import functools
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 
 import attrs
@@ -120,7 +121,6 @@ class Job:
         "lease",
         "identity",
         "pinned_node",
-        "_json",
     )
 
     def __init__(self, *, job_id: str, spec: JobSpec, created_at: float, max_output: int) -> None:
@@ -157,7 +157,6 @@ class Job:
         #: job's process, recorded at spawn: after a crash it proves that a
         #: pid still names the same process before its group is killed
         self.identity: tuple[int, str] | None = None
-        self._json: bytes | None = None
 
     @property
     def finished(self) -> bool:
@@ -209,16 +208,27 @@ class Job:
     def to_json_bytes(self) -> bytes:
         """The exact bytes ``GET /<id>`` answers (and a callback sends).
 
-        A finished job's bytes are rendered once and reused (a GET of a
-        finished job is the commonest request): nothing in them changes any
-        more, once its callback delivery record (if any) is final too.
+        A finished job's bytes are rendered once and reused while it is
+        among the most recently rendered (a GET of a job that just finished
+        is the commonest request): nothing in them changes any more, once
+        its callback delivery record (if any) is final too.  The cache is
+        bounded, so that thousands of retained jobs do not each keep their
+        rendering.
         """
-        cached = self._json
-        if cached is not None:
-            return cached
+        cached = _RENDERED.get(self.id)
+        if cached is not None and cached[0] is self:
+            _RENDERED.move_to_end(self.id)
+            return cached[1]
         body = dump_json(self.to_json())
         if self.state in TERMINAL_STATES and (
             self.callback_delivery is None or self.callback_delivery.state != "pending"
         ):
-            self._json = body
+            _RENDERED[self.id] = (self, body)
+            if len(_RENDERED) > RENDERED_JOBS:
+                _RENDERED.popitem(last=False)
         return body
+
+
+#: how many finished jobs' JSON renderings are kept (see Job.to_json_bytes)
+RENDERED_JOBS = 1024
+_RENDERED: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()

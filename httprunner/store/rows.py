@@ -136,7 +136,6 @@ def job_from_row(row: Any, max_output: int, delivery_factory: Any) -> Job:
     job.launch = None
     job.lease = _optional(row, "lease")
     job.identity = None if row["proc_start"] is None else (row["proc_start"], row["boot_id"])
-    job._json = None
     for name in ("stdout", "stderr"):
         head = _optional(row, name + "_head")
         tail = _optional(row, name + "_tail")
