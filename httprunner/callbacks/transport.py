@@ -11,8 +11,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
+from collections import OrderedDict
 from collections.abc import Sequence
 from http.cookiejar import Cookie
 from typing import TYPE_CHECKING
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 #: sent on a connection the server is closing fails and costs an attempt
 #: (Twisted only retries idempotent methods on a stale connection).
 POOL_IDLE_SECONDS = 2
+#: treq clients kept for reuse, by target and addresses
+CLIENTS_KEPT = 64
 
 
 class _QuietClientFactory(_HTTP11ClientFactory):
@@ -138,6 +142,9 @@ class CheckedHTTP:
         self._pool.cachedConnectionTimeout = POOL_IDLE_SECONDS
         self._pool.retryAutomatically = False
         self._cookies = _NoCookies()
+        #: clients by (scheme, host, port, addresses): a burst of callbacks
+        #: to one receiver reuses one (they are stateless wrappers)
+        self._clients: OrderedDict[tuple[str, str, int, tuple[IPAddress, ...]], HTTPClient] = OrderedDict()
 
     def post(
         self, target: CallbackTarget, addresses: Sequence[IPAddress], headers: Headers, body: bytes
@@ -164,6 +171,7 @@ class CheckedHTTP:
         self._pool.closeCachedConnections().addErrback(lambda f: None)
 
     @staticmethod
+    @functools.lru_cache(maxsize=256)
     def _pool_url(target: CallbackTarget) -> str:
         """The URL handed to treq: its host only keys the connection pool.
 
@@ -177,8 +185,21 @@ class CheckedHTTP:
     def _client_for(self, target: CallbackTarget, addresses: Sequence[IPAddress]) -> HTTPClient:
         """A treq client whose Agent can only connect to ``addresses`` (already checked).
 
-        Agent and client are cheap wrappers around the shared pool.
+        Agent and client are cheap wrappers around the shared pool, kept for
+        the few targets most recently used.
         """
+        key = (target.scheme, target.host, target.port, tuple(addresses))
+        client = self._clients.get(key)
+        if client is not None:
+            self._clients.move_to_end(key)
+            return client
+        client = self._new_client(target, addresses)
+        self._clients[key] = client
+        if len(self._clients) > CLIENTS_KEPT:
+            self._clients.popitem(last=False)
+        return client
+
+    def _new_client(self, target: CallbackTarget, addresses: Sequence[IPAddress]) -> HTTPClient:
         endpoints = [self.endpoint_factory(str(address), target.port) for address in addresses]
         if target.scheme == "https":
             creator = self._tls_policy.creatorForNetloc(target.host.encode("ascii"), target.port)
@@ -236,6 +257,9 @@ class _NoCookies(IndexableCookieJar):
 
     def extract_cookies(self, response: object, request: URLRequest) -> None:
         pass
+
+    def add_cookie_header(self, request: URLRequest) -> None:
+        pass  # there are none to add (and the stdlib's search is not free)
 
 
 @implementer(IAgent)

@@ -9,6 +9,7 @@ the address the connection would really reach.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -165,6 +166,14 @@ def parse_callback_url(value: str) -> CallbackTarget:
     """Parse and check a callback URL; :class:`CallbackURLError` says what is wrong."""
     if not isinstance(value, str):  # the JSON of a request can hold anything
         raise CallbackURLError(_NOT_A_STRING)
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_text(value: str) -> CallbackTarget:
+    # Cached: most jobs of a daemon call back the same few URLs, and each is
+    # parsed at submission and again at delivery (IDNA and the numeric IPv4
+    # forms are not free).  The result is immutable; a refusal is not cached.
     if _SURROGATES.search(value):
         raise CallbackURLError("callback is not valid Unicode")
     if len(value.encode("utf-8")) > MAX_CALLBACK_URL_BYTES:

@@ -36,7 +36,6 @@ class MemoryJobStore:
         # ids in finishing order, so that eviction removes the oldest
         # finished job (a deque costs ~60 B less per job than an OrderedDict)
         self._finished: deque[str] = deque()
-        self._seq = itertools.count(1)
 
     def __len__(self) -> int:
         return len(self._jobs)
@@ -53,7 +52,6 @@ class MemoryJobStore:
     # -- transitions ----------------------------------------------------
 
     def admit(self, job: Job, starting: bool = False) -> Deferred[None]:
-        job.seq = next(self._seq)
         self._jobs[job.id] = job
         return succeed(None)
 
