@@ -322,7 +322,30 @@ class JobAPI:
         return json_error(request, 500, "internal error; the daemon's log has the details")
 
 
-class _Follower:
+class _PullProducer:
+    """The transport's side of a follower: it asks for more (``resume``)
+    once what was written has been sent."""
+
+    wanted = False
+
+    def resumeProducing(self) -> None:
+        self.wanted = True
+        self._pump()
+
+    def pauseProducing(self) -> None:
+        self.wanted = False
+
+    def stopProducing(self) -> None:
+        self._stop()
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+
+class _Follower(_PullProducer):
     """Stream one output of a job as it grows, as a pull producer.
 
     The transport asks for more (``resumeProducing``) only once what was
@@ -344,16 +367,6 @@ class _Follower:
     def _output(self, fd: int) -> None:
         if fd in (self.fd, 0):
             self._pump()
-
-    def resumeProducing(self) -> None:
-        self.wanted = True
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self.wanted = False
-
-    def stopProducing(self) -> None:
-        self._stop()
 
     def _pump(self) -> None:
         if not self.wanted or self.done.called:
@@ -385,7 +398,7 @@ class _Follower:
 log = Logger(namespace="httprunner.api")
 
 
-class _RemoteFollower:
+class _RemoteFollower(_PullProducer):
     """Stream the output of a job that runs on another node, as a pull
     producer, by polling the store (which the owner updates every 0.5 s)."""
 
@@ -404,16 +417,6 @@ class _RemoteFollower:
         self.stopped = False
         self.done: Deferred[bytes] = Deferred(lambda _d: self._stop())
         request.registerProducer(self, False)  # type: ignore[attr-defined]
-
-    def resumeProducing(self) -> None:
-        self.wanted = True
-        self._pump()
-
-    def pauseProducing(self) -> None:
-        self.wanted = False
-
-    def stopProducing(self) -> None:
-        self._stop()
 
     def _pump(self) -> None:
         if not self.wanted or self.stopped:

@@ -304,3 +304,89 @@ class Journal:
             self.last_error = None
             self._on_state(None)
         self._retry_delay = 0.0
+
+
+class JournaledStore:
+    """What the SQL stores share around their journal.
+
+    - jobs with writes not in yet are answered from memory (``unsaved``);
+    - the store knows which jobs have their request (environment, stdin)
+      on disk, to delete it only where it is;
+    - a job's start still waiting for the writer thread when the job ends
+      is withdrawn: the end carries all of it (one write for a short job).
+    """
+
+    def _init_journaled(self) -> None:
+        self._journal: Journal | None = None
+        #: jobs with writes not in yet: id -> [job, writes pending]
+        self._unsaved: dict[str, list[Any]] = {}
+        #: jobs whose request is on disk (only a queued job's is written)
+        self._with_request: set[str] = set()
+        #: start writes not handed to the writer thread yet: id -> (write, had a request)
+        self._pending_start: dict[str, tuple[Write, bool]] = {}
+
+    def _write(
+        self,
+        job: Any,
+        run: Callable[[Any], Any],
+        required: bool,
+        prepare: Callable[[], None] | None = None,
+        write: Write | None = None,
+    ) -> Deferred[Any]:
+        """Hand a write to the journal; until it is in, ``job`` (if any) is
+        answered from memory."""
+        if self._journal is None:
+            failed: Deferred[Any] = Deferred()
+            failed.errback(StoreUnavailable("the store is closed"))
+            return failed
+        if write is None:
+            write = Write(run=run, required=required, job_id=None if job is None else job.id, prepare=prepare)
+        if job is not None:
+            entry = self._unsaved.get(job.id)
+            if entry is None:
+                self._unsaved[job.id] = [job, 1]
+            else:
+                entry[0] = job
+                entry[1] += 1
+            write.done.addBoth(self._saved, job.id)
+        return self._journal.submit(write)
+
+    def _saved(self, result: Any, job_id: str) -> Any:
+        entry = self._unsaved.get(job_id)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._unsaved[job_id]
+        return result
+
+    def _unsaved_job(self, job_id: str) -> Any:
+        entry = self._unsaved.get(job_id)
+        return None if entry is None else entry[0]
+
+    def _took_request(self, job_id: str) -> bool:
+        """True (once) if the job's request is on disk, to be deleted now."""
+        if job_id in self._with_request:
+            self._with_request.discard(job_id)
+            return True
+        return False
+
+    def _write_start(
+        self, job: Any, run: Callable[[Any], Any], prepare: Callable[[], None] | None, had_request: bool
+    ) -> None:
+        """Hand a job's start to the journal, withdrawable by its end."""
+        write = Write(run=run, required=False, job_id=job.id, prepare=prepare)
+        self._pending_start[job.id] = (write, had_request)
+        self._write(job, run, required=False, write=write).addBoth(self._start_written, job.id, write)
+
+    def _start_written(self, result: Any, job_id: str, write: Write) -> Any:
+        pending = self._pending_start.get(job_id)
+        if pending is not None and pending[0] is write:
+            del self._pending_start[job_id]
+        return result
+
+    def _withdraw_start(self, job_id: str) -> None:
+        """The job ended: drop its start if it is still waiting (its end
+        writes everything, the request deletion included)."""
+        start = self._pending_start.pop(job_id, None)
+        if start is not None and self._journal is not None and self._journal.withdraw(start[0]) and start[1]:
+            self._with_request.add(job_id)

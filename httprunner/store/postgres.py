@@ -62,7 +62,7 @@ from httprunner.store.base import (
     UnknownCursor,
     UnknownNode,
 )
-from httprunner.store.journal import Journal, Write
+from httprunner.store.journal import Journal, JournaledStore, Write
 from httprunner.store.rows import (
     LOST_ERROR,
     OUTPUT_COLUMNS,
@@ -240,7 +240,7 @@ class Heartbeat:
     leases: dict[str, str]
 
 
-class PostgresJobStore:
+class PostgresJobStore(JournaledStore):
     """Jobs of a cluster in PostgreSQL; see the module docstring."""
 
     log = Logger()
@@ -280,15 +280,10 @@ class PostgresJobStore:
         self.incarnation = uuid.uuid4().hex
         self._s = '"%s"' % schema
         self._writer: Any = None
-        self._journal: Journal | None = None
+        self._init_journaled()
         self._readers = ThreadPool(minthreads=1, maxthreads=readers, name="httprunner-pg-read")
         self._local = threading.local()
         self._listener: _Listener | None = None
-        self._unsaved: dict[str, list[Any]] = {}
-        #: claimed jobs whose request (environment, stdin) is in the database
-        self._with_request: set[str] = set()
-        #: start writes not handed to the writer thread yet, by job
-        self._pending_start: dict[str, tuple[Write, bool]] = {}
         self._reader_connections: list[Any] = []
         #: called on the reactor thread with each notification's channel
         self.on_notify: Callable[[str, str], None] = lambda channel, payload: None
@@ -564,36 +559,6 @@ class PostgresJobStore:
 
     # -- writes ---------------------------------------------------------------
 
-    def _write(
-        self,
-        job: Job | None,
-        run: Callable[[Any], Any],
-        required: bool,
-        prepare: Callable[[], None] | None = None,
-        write: Write | None = None,
-    ) -> Deferred[Any]:
-        if self._journal is None:
-            return _failed(StoreUnavailable("the store is closed"))
-        if write is None:
-            write = Write(run=run, required=required, job_id=None if job is None else job.id, prepare=prepare)
-        if job is not None:
-            entry = self._unsaved.get(job.id)
-            if entry is None:
-                self._unsaved[job.id] = [job, 1]
-            else:
-                entry[0] = job
-                entry[1] += 1
-            write.done.addBoth(self._saved, job.id)
-        return self._journal.submit(write)
-
-    def _saved(self, result: Any, job_id: str) -> Any:
-        entry = self._unsaved.get(job_id)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._unsaved[job_id]
-        return result
-
     def admit(self, job: Job, starting: bool) -> Deferred[None]:
         """Insert the job: running on this node (with a fresh lease) or
         queued in the shared queue (bounded by --max-queued)."""
@@ -711,8 +676,7 @@ class PostgresJobStore:
             "boot_id": None,
         }
         s = self._s
-        had_request = job.id in self._with_request
-        self._with_request.discard(job.id)
+        had_request = self._took_request(job.id)
 
         def prepare() -> None:
             # At the flush, not at the spawn: /proc waits for the exec.
@@ -731,16 +695,7 @@ class PostgresJobStore:
             if had_request:
                 c.execute("DELETE FROM %s.requests WHERE job_id = %%s" % s, (args["id"],))
 
-        # Withdrawn if the job ends before it is sent: the end carries it all.
-        write = Write(run=run, required=False, job_id=job.id, prepare=prepare)
-        self._pending_start[job.id] = (write, had_request)
-        self._write(job, run, required=False, write=write).addBoth(self._start_written, job.id, write)
-
-    def _start_written(self, result: Any, job_id: str, write: Write) -> Any:
-        pending = self._pending_start.get(job_id)
-        if pending is not None and pending[0] is write:
-            del self._pending_start[job_id]
-        return result
+        self._write_start(job, run, prepare, had_request)
 
     def output_progress(self, job: Job, parts: dict[str, bytes | int]) -> Deferred[Any]:
         """Write a running job's output so far (head, tail, counts) for
@@ -761,11 +716,8 @@ class PostgresJobStore:
 
     def finished(self, job: Job) -> Deferred[bool]:
         values = ending_values(job)
-        start = self._pending_start.pop(job.id, None)
-        withdrawn = start is not None and self._journal is not None and self._journal.withdraw(start[0])
-        # the end deletes the request the withdrawn start was to delete
-        had_request = (withdrawn and start is not None and start[1]) or job.id in self._with_request
-        self._with_request.discard(job.id)
+        self._withdraw_start(job.id)
+        had_request = self._took_request(job.id)
         values["delivery_owner"] = self.node_name if job.callback_delivery is not None else None
         assignments = ", ".join("%s = %s" % (name, _value(name)) for name in values)
         args = {**values, "id": job.id, "lease": job.lease}
@@ -1248,9 +1200,3 @@ def _rollback(c: Any) -> None:
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
-
-
-def _failed(error: Exception) -> Deferred[Any]:
-    d: Deferred[Any] = Deferred()
-    d.errback(error)
-    return d

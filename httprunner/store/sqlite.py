@@ -49,7 +49,7 @@ from httprunner.store.base import (
     StoreUnavailable,
     UnknownCursor,
 )
-from httprunner.store.journal import Journal, Write
+from httprunner.store.journal import Journal, JournaledStore
 from httprunner.store.rows import (
     LOST_ERROR,
     OUTPUT_COLUMNS,
@@ -132,7 +132,7 @@ def _is_outage(error: BaseException) -> bool:
     )
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(JournaledStore):
     """Jobs in one SQLite file; see the module docstring."""
 
     log = Logger()
@@ -160,19 +160,12 @@ class SQLiteJobStore:
         self._lock_fd: int | None = None
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        self._journal: Journal | None = None
-        #: jobs with writes not in yet, answered from memory: id -> (job, writes)
-        self._unsaved: dict[str, list[Any]] = {}
-        #: jobs whose request (environment, stdin) is on disk: only a job
-        #: that waits in the queue needs it kept
-        self._with_request: set[str] = set()
+        self._init_journaled()
         #: recently finished jobs, answered from memory (a client polls a
         #: job right after it ends, a callback's record changes then):
         #: bounded in count and in retained output bytes
         self._recent: OrderedDict[str, Job] = OrderedDict()
         self._recent_bytes = 0
-        #: start writes not handed to the writer thread yet, by job
-        self._pending_start: dict[str, tuple[Write, bool]] = {}
         #: finished jobs in the file (the writer thread's count)
         self._finished_count = 0
         self._checkpoint: IDelayedCall | None = None
@@ -371,30 +364,6 @@ class SQLiteJobStore:
 
     # -- writes -------------------------------------------------------------
 
-    def _write(
-        self, job: Job | None, run: Callable[[sqlite3.Connection], Any], required: bool, write: Write | None = None
-    ) -> Deferred[Any]:
-        assert self._journal is not None, "the store is not open"
-        if write is None:
-            write = Write(run=run, required=required, job_id=None if job is None else job.id)
-        if job is not None:
-            entry = self._unsaved.get(job.id)
-            if entry is None:
-                self._unsaved[job.id] = [job, 1]
-            else:
-                entry[0] = job
-                entry[1] += 1
-            write.done.addBoth(self._saved, job.id)
-        return self._journal.submit(write)
-
-    def _saved(self, result: Any, job_id: str) -> Any:
-        entry = self._unsaved.get(job_id)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                del self._unsaved[job_id]
-        return result
-
     def admit(self, job: Job, starting: bool = False) -> Deferred[None]:
         values = admission_values(job)
         request: str | None = None
@@ -467,25 +436,13 @@ class SQLiteJobStore:
             if had_request:
                 self._forget_request(c, values[-1])
 
-        # Kept until it is in: if the job ends first, its end carries all of
-        # this and the start is withdrawn (one write for a short job).
-        write = Write(run=run, required=False, job_id=job.id, prepare=prepare)
-        self._pending_start[job.id] = (write, had_request)
-        self._write(job, run, required=False, write=write).addBoth(self._start_written, job.id, write)
-
-    def _start_written(self, result: Any, job_id: str, write: Write) -> Any:
-        pending = self._pending_start.get(job_id)
-        if pending is not None and pending[0] is write:
-            del self._pending_start[job_id]
-        return result
+        self._write_start(job, run, prepare, had_request)
 
     def finished(self, job: Job) -> Deferred[bool]:
         values = ending_values(job)
         job_id = job.id
         assignments = ", ".join("%s = ?" % name for name in values)
-        start = self._pending_start.pop(job_id, None)
-        if start is not None and self._journal is not None and self._journal.withdraw(start[0]) and start[1]:
-            self._with_request.add(job_id)  # the withdrawn start was to delete it
+        self._withdraw_start(job_id)
         had_request = self._took_request(job_id)
         self._remember(job)
 
@@ -501,13 +458,6 @@ class SQLiteJobStore:
             return True
 
         return self._write(job, run, required=False)
-
-    def _took_request(self, job_id: str) -> bool:
-        """True (once) if the job's request is on disk, to be deleted."""
-        if job_id in self._with_request:
-            self._with_request.discard(job_id)
-            return True
-        return False
 
     def _remember(self, job: Job) -> None:
         """Keep a finished job in the small cache of recent ones."""
