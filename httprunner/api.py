@@ -93,6 +93,8 @@ class JobAPI:
         except RequestError as e:
             return json_error(request, e.status, e.message)
         except UnknownNode as e:
+            if not self.store.shared_queue:
+                return json_error(request, 400, "node: this daemon is not a cluster node (see --store postgresql://)")
             return json_error(request, 400, "node: no live node is named %r" % str(e)[:80])
         except QueueFull:
             request.setHeader(b"Retry-After", b"%d" % self.limits.retry_after)

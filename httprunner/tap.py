@@ -307,6 +307,7 @@ class DaemonService(MultiService):
         warnings: list[str],
         endpoints: list[str],
         open_store: Callable[[], None] = lambda: None,
+        store_description: str = "memory",
     ) -> None:
         super().__init__()
         self.reactor = reactor
@@ -315,6 +316,7 @@ class DaemonService(MultiService):
         self.endpoints = endpoints
         #: opens the store and takes over what it kept (StoreError: refuse)
         self.open_store = open_store
+        self.store_description = store_description
 
     def privilegedStartService(self) -> None:
         try:
@@ -337,9 +339,10 @@ class DaemonService(MultiService):
             raise _refuse(str(e)) from None
         super().startService()
         log.info(
-            "httprunner {version} listening on {endpoints}; the dashboard is at /ui/",
+            "httprunner {version} listening on {endpoints}, jobs kept in {store}; the dashboard is at /ui/",
             version=__version__,
             endpoints=self.endpoints,
+            store=self.store_description,
         )
 
     def stopService(self) -> Any:
@@ -533,6 +536,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         warnings=policy.warnings,
         endpoints=options["endpoints"],
         open_store=open_store,
+        store_description=store.description,
     )
     # MultiService stops children in reverse order: listeners first (stop
     # accepting), then the runner (end the jobs), then pending callbacks,
