@@ -1047,10 +1047,13 @@ class PostgresJobStore(JournaledStore):
 
     def nodes(self) -> Deferred[builtins.list[NodeView]]:
         rows = self._query(
-            "SELECT name, extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at, running,"
+            # (running from the jobs themselves: the heartbeat's count is
+            # up to one interval old)
+            "SELECT name, extract(epoch FROM heartbeat_at)::float8 AS heartbeat_at,"
+            " (SELECT count(*) FROM %s.jobs WHERE state = 'running' AND jobs.node = nodes.name)::int AS running,"
             " state = 'alive' AND heartbeat_at >= now() - make_interval(secs => 3 * heartbeat_interval) AS alive"
             " FROM %s.nodes WHERE state <> 'stopped' OR heartbeat_at > now() - interval '1 hour' ORDER BY name"
-            % self._s
+            % (self._s, self._s)
         )
         return rows.addCallback(
             lambda rows: [NodeView(r["name"], r["heartbeat_at"], bool(r["alive"]), r["running"]) for r in rows]
