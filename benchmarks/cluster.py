@@ -13,7 +13,8 @@ as run.py's ``e2e_poll``) runs against:
 For each it prints jobs/s, the daemons' CPU per job (utime + stime from
 ``/proc``, summed over the nodes), PostgreSQL's CPU per job (every
 ``postgres`` process of the machine, from ``/proc``: the server is the
-machine's, so other load on it counts too), and the statements and
+machine's, so other load on it counts too), the jobs' own CPU and the
+load generator's, how many of the machine's cores were busy, and the statements and
 transactions each job cost the database (the nodes'
 ``httprunner_cluster_statements_total``; ``pg_stat_database``).  Medians
 of the rounds; ``--json FILE`` writes them.
@@ -62,6 +63,21 @@ def postgres_cpu_seconds() -> float:
             fields = stat.rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [float(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the reaped children of ``pid`` (the jobs it ran)."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
 
 
 def transactions(uri: str) -> int:
@@ -121,15 +137,27 @@ class Setup:
 async def measure(setup: Setup, seconds: float) -> dict[str, float]:
     ports = [d.port for d in setup.daemons]
     cpu0 = sum(bench.cpu_seconds(d.pid) for d in setup.daemons)
+    jobs0 = sum(children_cpu_seconds(d.pid) for d in setup.daemons)
+    me0 = time.process_time()
+    busy0, total0 = machine_busy()
     pg0 = postgres_cpu_seconds()
     tx0 = transactions(setup.uri) if setup.uri else 0
     st0 = sum([await statements(p) for p in ports]) if setup.uri else 0.0
     jobs, elapsed = await e2e_poll(ports, seconds)
     cpu1 = sum(bench.cpu_seconds(d.pid) for d in setup.daemons)
+    jobs1 = sum(children_cpu_seconds(d.pid) for d in setup.daemons)
+    me1 = time.process_time()
+    busy1, total1 = machine_busy()
     pg1 = postgres_cpu_seconds()
     result = {
         "jobs_per_s": jobs / elapsed,
         "daemon_cpu_ms_per_job": (cpu1 - cpu0) * 1000 / max(jobs, 1),
+        # what else the machine's cores did per job: the jobs' own processes
+        # (echo), the load generator (this process), and the machine's
+        # utilisation over the run (cores busy, out of os.cpu_count())
+        "jobs_cpu_ms_per_job": (jobs1 - jobs0) * 1000 / max(jobs, 1),
+        "client_cpu_ms_per_job": (me1 - me0) * 1000 / max(jobs, 1),
+        "cores_busy": (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1),
     }
     if setup.uri:
         tx1 = transactions(setup.uri)
