@@ -299,3 +299,11 @@ def test_healthz_shows_the_store(app: App) -> None:
     code, body = app.json("GET", "/healthz")
     assert code == 200 and body["status"] == "ok"
     assert body["store"] == {"kind": "memory", "durable": False, "ok": True, "last_error": None, "backlog": 0}
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/healthz", "/metrics", "/openapi.json", "/stats"])
+def test_a_wrong_method_on_a_fixed_path_is_405_with_allow_not_an_unknown_job(app: App, path: str) -> None:
+    # DELETE /jobs reached the /<id> route and answered "no job with id 'jobs'".
+    code, headers, body = app.call("DELETE", path)
+    assert code == 405 and headers.getRawHeaders("Allow") == ["GET"]
+    assert json.loads(body)["message"] == "Method Not Allowed"
