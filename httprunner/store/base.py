@@ -201,3 +201,20 @@ class StoreCounts:
     states: dict[str, int]
     #: (minute start as a POSIX timestamp, state, count) of finished jobs
     finished: Sequence[tuple[int, str, int]]
+
+
+class SingleDaemonStore:
+    """The cluster-only side of the interface, for a store that is not
+    one: every job is this daemon's own."""
+
+    shared_queue = False
+    node_name: str | None = None
+
+    def release(self, job: Job) -> None:
+        raise NotImplementedError("the queue is this daemon's own")
+
+    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
+        raise NotImplementedError("every job of this store is this daemon's own")
+
+    def nodes(self) -> Deferred[list[NodeView]]:
+        raise NotImplementedError("not a cluster")

@@ -17,14 +17,12 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from httprunner.jobs import Job
-from httprunner.store.base import ListQuery, NodeView, Recovery, StoreCounts, UnknownCursor
+from httprunner.store.base import ListQuery, Recovery, SingleDaemonStore, StoreCounts, UnknownCursor
 
 
-class MemoryJobStore:
+class MemoryJobStore(SingleDaemonStore):
     """Jobs in a dict, in submission order; finished ones in finishing order."""
 
-    shared_queue = False
-    node_name = None
     durable = False
     description = "memory"
 
@@ -72,15 +70,6 @@ class MemoryJobStore:
 
     def delivery_changed(self, job_id: str, record: dict[str, Any]) -> None:
         pass  # the job in memory holds the record itself
-
-    def release(self, job: Job) -> None:
-        raise NotImplementedError("the queue is this daemon's own")
-
-    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
-        raise NotImplementedError("every job of this store is this daemon's own")
-
-    def nodes(self) -> Deferred[list[NodeView]]:
-        raise NotImplementedError("not a cluster")
 
     def forget(self, job: Job) -> None:
         self._jobs.pop(job.id, None)

@@ -41,8 +41,8 @@ from httprunner import jobs
 from httprunner.jobs import Job, request_record
 from httprunner.store.base import (
     ListQuery,
-    NodeView,
     Recovery,
+    SingleDaemonStore,
     StoreCounts,
     Stored,
     StoreError,
@@ -132,12 +132,10 @@ def _is_outage(error: BaseException) -> bool:
     )
 
 
-class SQLiteJobStore(JournaledStore):
+class SQLiteJobStore(SingleDaemonStore, JournaledStore):
     """Jobs in one SQLite file; see the module docstring."""
 
     log = Logger()
-    shared_queue = False
-    node_name = None
     durable = True
 
     def __init__(
@@ -490,15 +488,6 @@ class SQLiteJobStore(JournaledStore):
             )
 
         self._write(None, run, required=False)
-
-    def release(self, job: Job) -> None:
-        raise NotImplementedError("the queue is this daemon's own")
-
-    def request_cancel(self, job_id: str) -> Deferred[Job | None]:
-        raise NotImplementedError("every job of this store is this daemon's own")
-
-    def nodes(self) -> Deferred[list[NodeView]]:
-        raise NotImplementedError("not a cluster")
 
     def forget(self, job: Job) -> None:
         had_request = self._took_request(job.id)
